@@ -1,0 +1,477 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uhmm — Heterogeneous Memory Management in user space.
+ *
+ * A device (GPU, accelerator, simulator, memory tier) shares the process's
+ * address space: pages of "managed" memory can be migrated into device
+ * memory, a CPU touch of a page that lives in device memory the CPU cannot
+ * address faults it back, and device page tables ("mirrors") are told about
+ * every CPU-side change before it becomes visible.  Everything runs in user
+ * space on userfaultfd(2); no kernel module, no root (see "Limits" in
+ * README.md).
+ *
+ * Conventions of this header:
+ *  - Every call returns 0 (or a documented non-negative value) on success
+ *    and a negative errno on failure.  No call aborts or prints on bad
+ *    input.
+ *  - Addresses and lengths are page aligned (sysconf(_SC_PAGESIZE)); an
+ *    unaligned value, a zero length or an `addr + len` that wraps is
+ *    -EINVAL (never rounded).
+ *  - Unless a comment says otherwise, calls on one context are safe to make
+ *    from several threads at once, and may race CPU faults, migrations and
+ *    unmaps of the same memory: data is never lost.
+ */
+#ifndef UHMM_H
+#define UHMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define UHMM_VERSION_MAJOR 0
+#define UHMM_VERSION_MINOR 1
+#define UHMM_VERSION_PATCH 0
+
+struct uhmm;
+struct uhmm_device;
+struct uhmm_devmem;
+struct uhmm_mirror;
+
+/* ------------------------------------------------------------------------
+ * Context: one per address-space user.
+ * ---------------------------------------------------------------------- */
+
+/*
+ * How CPU faults on managed memory are served.
+ *  THREAD: a service thread reads userfaultfd messages.  Faults taken
+ *          inside system calls (read(2) into a device-resident buffer) are
+ *          served too where the kernel lets this process handle kernel-mode
+ *          faults (root, CAP_SYS_PTRACE, /dev/userfaultfd access or
+ *          vm.unprivileged_userfaultfd=1).
+ *  SIGBUS: UFFD_FEATURE_SIGBUS; the faulting thread resolves its own fault
+ *          in a SIGBUS handler (no cross-thread wake-up, several times
+ *          faster on VMs).  A system call touching a device-resident page
+ *          fails with EFAULT instead.  Handlers the application installed
+ *          for SIGBUS are chained to for addresses uhmm does not manage.
+ *  AUTO:   THREAD where kernel-mode faults can be served (so I/O on managed
+ *          memory keeps working), else SIGBUS.  Environment: UHMM_FAULT_MODE
+ *          = auto | thread | sigbus overrides a zero-initialised option.
+ */
+enum uhmm_fault_mode { UHMM_FAULT_AUTO = 0, UHMM_FAULT_THREAD, UHMM_FAULT_SIGBUS };
+
+/* Flags for uhmm_options.flags. */
+#define UHMM_OPT_NO_MOVE (1u << 0) /* never use UFFDIO_MOVE: copy + unmap fallback (env UHMM_NO_MOVE=1) */
+
+struct uhmm_options {
+	enum uhmm_fault_mode fault_mode; /* AUTO picks the fastest that works here */
+	unsigned fault_around;           /* pages resolved per CPU fault; 0 = default (16), 1 = off;
+	                                    rounded down to a power of two, at most 512
+	                                    (env UHMM_FAULT_AROUND) */
+	unsigned flags;                  /* UHMM_OPT_* */
+	unsigned spin_us;                /* THREAD mode: how long the service thread keeps polling
+	                                    after a fault before it sleeps; 0 = default (50),
+	                                    (env UHMM_SPIN_US; a value of 1 means "do not spin") */
+};
+
+/*
+ * Create a context: a userfaultfd, its service thread and an empty set of
+ * managed ranges.  opts may be NULL (defaults, overridden by UHMM_* env).
+ * Fails: -EINVAL bad options or out == NULL; -ENOSYS / -EPERM userfaultfd is
+ * not available here (see `uhmm info`); -ENOMEM.
+ */
+int uhmm_open(const struct uhmm_options *opts, struct uhmm **out);
+
+/*
+ * Destroy a context: every device-resident page comes back to system
+ * memory, devices still registered are destroyed, ranges are unregistered
+ * and stay mapped as ordinary memory.  No other thread may use h during or
+ * after the call.  Fails: -EINVAL h == NULL.
+ */
+int uhmm_close(struct uhmm *h);
+
+/* The fault mode this context actually uses (never AUTO). */
+enum uhmm_fault_mode uhmm_fault_mode(const struct uhmm *h);
+
+/* ------------------------------------------------------------------------
+ * Managed memory: page-aligned private anonymous memory.
+ * ---------------------------------------------------------------------- */
+
+/*
+ * Map len bytes of read/write managed memory (like mmap MAP_PRIVATE |
+ * MAP_ANONYMOUS | MAP_NORESERVE: nothing is committed until touched).
+ * Fails: -EINVAL bad length or NULL out; -ENOMEM.
+ */
+int uhmm_alloc(struct uhmm *h, size_t len, void **out);
+
+/*
+ * Unmap memory from uhmm_alloc (or any managed memory): device pages that
+ * backed it are freed.  [addr, addr+len) must be entirely managed by h.
+ * Fails: -EINVAL bad arguments or not entirely managed.
+ */
+int uhmm_free(struct uhmm *h, void *addr, size_t len);
+
+/*
+ * Adopt existing private anonymous memory (contents kept).
+ * Fails: -EINVAL bad arguments, or the memory is not mapped, not private
+ * anonymous (shared, file-backed) — see errno of UFFDIO_REGISTER;
+ * -EEXIST overlaps a range managed by any context.
+ */
+int uhmm_range_add(struct uhmm *h, void *addr, size_t len);
+
+/*
+ * Bring every page of [addr, addr+len) back to system memory and stop
+ * managing it; the memory stays mapped with its contents.  The interval may
+ * be part of a managed range (the rest stays managed).
+ * Fails: -EINVAL bad arguments; -ENOENT not entirely managed by h.
+ */
+int uhmm_range_remove(struct uhmm *h, void *addr, size_t len);
+
+/* ------------------------------------------------------------------------
+ * Devices and device memory hotplug: the classification.
+ * ---------------------------------------------------------------------- */
+
+#define UHMM_DEVMEM_DEVICE          (1u << 0) /* owned by a device; implied by uhmm_devmem_add */
+#define UHMM_DEVMEM_ALLOW_MIGRATION (1u << 1) /* data may migrate in and out */
+#define UHMM_DEVMEM_UNADDRESSABLE   (1u << 2) /* the CPU cannot load/store it */
+
+/* Device capabilities (uhmm_device_create flags). */
+#define UHMM_DEVICE_HOST_BACKED (1u << 0)
+/*
+ * HOST_BACKED: the device's memory is host memory that uhmm allocates for
+ * each devmem block and that application pointers never point into (the
+ * dummy device, a compressed or CPU-side tier).  uhmm moves pages in and out
+ * without copying (UFFDIO_MOVE) where the kernel allows; copy_to_device /
+ * copy_from_device are not used.  uhmm_devmem_host_addr() gives the device
+ * the host address of each of its pages.
+ */
+
+/*
+ * The backend interface: what a device driver implements.  Device pages are
+ * named by (devmem block, page index within the block).
+ *
+ * copy_to_device / copy_from_device: copy npages between a contiguous host
+ * buffer and device pages idx[0..npages) of m.  Return 0 or a negative
+ * errno; on failure nothing is considered copied and the pages stay where
+ * they were.  Required unless the device is HOST_BACKED.
+ *
+ * page_free: the page's reference count dropped to zero (its data is no
+ * longer needed).  Called exactly once per freed page.  Optional.
+ *
+ * destroy: the device is being destroyed, after its memory was evacuated.
+ * Optional.
+ *
+ * Callbacks may run on uhmm's service thread or, in SIGBUS mode, inside a
+ * signal handler of a thread that touched managed memory: they must not
+ * allocate with malloc, and must not take a lock that is ever held while
+ * touching managed memory.
+ */
+struct uhmm_device_ops {
+	int (*copy_to_device)(struct uhmm_device *dev, struct uhmm_devmem *m,
+	                      const size_t *idx, const void *src, size_t npages);
+	int (*copy_from_device)(struct uhmm_device *dev, void *dst, struct uhmm_devmem *m,
+	                        const size_t *idx, size_t npages);
+	void (*page_free)(struct uhmm_device *dev, struct uhmm_devmem *m, size_t idx);
+	void (*destroy)(struct uhmm_device *dev);
+};
+
+/*
+ * Register a device backend with context h.  ops is copied.  name is
+ * copied (at most 31 bytes kept).  Fails: -EINVAL NULL arguments, unknown
+ * flags, or missing copy ops on a device that is not HOST_BACKED; -ENOMEM.
+ */
+int uhmm_device_create(struct uhmm *h, const char *name, const struct uhmm_device_ops *ops,
+                       unsigned flags, void *priv, struct uhmm_device **out);
+
+/*
+ * Evacuate every page the device holds to system memory, remove its device
+ * memory, unregister its mirror and free it.  Fails: -EINVAL d == NULL;
+ * -EBUSY a page could not be brought back (nothing is removed then).
+ */
+int uhmm_device_destroy(struct uhmm_device *d);
+
+void *uhmm_device_priv(const struct uhmm_device *d);
+const char *uhmm_device_name(const struct uhmm_device *d);
+struct uhmm *uhmm_device_context(const struct uhmm_device *d);
+
+/*
+ * Hot-add size bytes (a multiple of the page size) of device memory with
+ * the given classification.  UHMM_DEVMEM_DEVICE is ORed in.
+ * Fails: -EINVAL bad size, NULL argument, unknown flag bits, or
+ * UNADDRESSABLE without ALLOW_MIGRATION (the data would be unreachable);
+ * -EOPNOTSUPP a classification this device or this build cannot provide
+ * (today: memory the CPU addresses in place); -ENOMEM.
+ */
+int uhmm_devmem_add(struct uhmm_device *d, size_t size, unsigned flags,
+                    struct uhmm_devmem **out);
+
+/*
+ * Hot-remove: every page in use is evacuated to system memory (data is
+ * never lost), then the block is freed.  Fails: -EINVAL NULL; -EBUSY a page
+ * could not be evacuated (every page is then left as it was).
+ */
+int uhmm_devmem_remove(struct uhmm_devmem *m);
+
+unsigned uhmm_devmem_flags(const struct uhmm_devmem *m);
+size_t uhmm_devmem_npages(const struct uhmm_devmem *m);
+/* Pages of m currently holding data (reference count > 0). */
+size_t uhmm_devmem_used(const struct uhmm_devmem *m);
+/* HOST_BACKED devices: host address of page idx of m; NULL otherwise. */
+void *uhmm_devmem_host_addr(const struct uhmm_devmem *m, size_t idx);
+struct uhmm_device *uhmm_devmem_device(const struct uhmm_devmem *m);
+
+/* ------------------------------------------------------------------------
+ * Migration.
+ * ---------------------------------------------------------------------- */
+
+struct uhmm_migrate_result {
+	size_t migrated; /* pages that are in the destination memory when the call returns */
+	size_t skipped;  /* pages left where they were (never populated, on another device,
+	                    out of device memory, copy failed, poisoned, not migratable) */
+};
+
+/*
+ * Migrate [addr, addr+len) to device `to` (NULL = system memory).
+ * To a device: pages in system memory move; never-populated pages are
+ * skipped (they hold no data: a later touch zero-fills them); pages on
+ * another device are skipped (no stealing); pages already on `to` count as
+ * migrated.  To system memory: every device-resident page comes back;
+ * pages already in system memory (or never populated) count as migrated.
+ * Running out of device memory or a failed copy skips pages, it does not
+ * fail the call.  A CPU write racing the migration is never lost.
+ * Fails (nothing migrated): -EINVAL bad arguments, range not entirely
+ * managed by h, or `to` belongs to another context.
+ */
+int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                 struct uhmm_migrate_result *res);
+
+/* ------------------------------------------------------------------------
+ * Where each page lives.
+ * ---------------------------------------------------------------------- */
+
+enum uhmm_state {
+	UHMM_STATE_NONE,            /* never populated (reads as zero) */
+	UHMM_STATE_SYSTEM,          /* in system memory, mapped */
+	UHMM_STATE_DEVICE,          /* in unaddressable device memory; CPU access faults it back */
+	UHMM_STATE_DEVICE_COHERENT, /* in device memory the CPU addresses in place */
+	UHMM_STATE_POISONED,        /* the device lost the data: access raises SIGBUS */
+};
+
+struct uhmm_page_info {
+	enum uhmm_state state;
+	struct uhmm_device *device; /* NULL unless the page lives in device memory */
+};
+
+/*
+ * One entry per page of [addr, addr + npages pages).  A page being
+ * migrated is reported in the state it had before the migration.
+ * Fails: -EINVAL bad arguments; -ENOENT a page is not managed by h.
+ */
+int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct uhmm_page_info *out);
+
+/* ------------------------------------------------------------------------
+ * Statistics.
+ * ---------------------------------------------------------------------- */
+
+struct uhmm_stats {
+	uint64_t cpu_faults;    /* CPU faults served (device → system or zero-fill) */
+	uint64_t pages_to_device, pages_to_system;
+	uint64_t device_faults; /* device page-fault rounds (uhmm_range_fault calls with READ/WRITE) */
+	uint64_t invalidations; /* mirror invalidate callbacks run */
+	/* additions */
+	uint64_t pages_skipped;   /* pages migrations left where they were */
+	uint64_t pages_zero_filled;
+	uint64_t move_calls, copy_calls; /* kernel calls that moved / copied data */
+	uint64_t fallback_pages;  /* pages migrated by copy + unmap instead of a move */
+	uint64_t deferred_faults; /* faults that found their page busy and were retried */
+	uint64_t events;          /* userfaultfd events (unmap, remove, remap) handled */
+	uint64_t pages_poisoned;
+};
+
+/* Snapshot of the counters (each read atomically, not all at one instant). */
+int uhmm_stats_get(struct uhmm *h, struct uhmm_stats *out);
+
+/* ------------------------------------------------------------------------
+ * What this machine offers (for `uhmm info`; needs no context).
+ * ---------------------------------------------------------------------- */
+
+#define UHMM_SYS_UFFD          (1u << 0)  /* userfaultfd works at all */
+#define UHMM_SYS_KERNEL_FAULTS (1u << 1)  /* faults taken inside syscalls can be served */
+#define UHMM_SYS_DEV_UFFD      (1u << 2)  /* opened through /dev/userfaultfd */
+#define UHMM_SYS_MOVE          (1u << 3)  /* UFFDIO_MOVE */
+#define UHMM_SYS_SIGBUS        (1u << 4)  /* UFFD_FEATURE_SIGBUS */
+#define UHMM_SYS_POISON        (1u << 5)  /* UFFDIO_POISON */
+#define UHMM_SYS_WP            (1u << 6)  /* write-protect on anonymous memory */
+#define UHMM_SYS_EVENTS        (1u << 7)  /* UNMAP, REMOVE and REMAP events */
+#define UHMM_SYS_EVENT_FORK    (1u << 8)
+#define UHMM_SYS_THREAD_ID     (1u << 9)
+#define UHMM_SYS_ZEROPAGE      (1u << 10)
+
+struct uhmm_sysinfo {
+	unsigned caps;              /* UHMM_SYS_* */
+	uint64_t uffd_features;     /* raw UFFDIO_API features */
+	enum uhmm_fault_mode auto_mode;   /* what AUTO picks here */
+	int uffd_errno;             /* why userfaultfd failed (0 if it works) */
+	int unprivileged_sysctl;    /* vm.unprivileged_userfaultfd, -1 if unreadable */
+	char kernel[65];            /* uname release */
+	char how[96];               /* how userfaultfd was opened, in words */
+};
+
+int uhmm_sysinfo_get(struct uhmm_sysinfo *out);
+
+/* ------------------------------------------------------------------------
+ * Mirroring (DESIGN.md §6): a device's view of the address space.
+ * ---------------------------------------------------------------------- */
+
+enum uhmm_event {
+	UHMM_EVENT_UNMAP,        /* munmap / uhmm_free */
+	UHMM_EVENT_DISCARD,      /* madvise(MADV_DONTNEED/MADV_FREE/MADV_REMOVE) */
+	UHMM_EVENT_REMAP,        /* mremap moved the range */
+	UHMM_EVENT_MIGRATE,      /* pages change memory (system <-> device) */
+	UHMM_EVENT_PROTECT,      /* protection change made through uhmm */
+	UHMM_EVENT_RANGE_REMOVE, /* uhmm_range_remove / uhmm_close */
+};
+
+struct uhmm_mirror_ops {
+	/*
+	 * [start, end) is about to change: drop every device mapping of it.
+	 * Called before the change becomes visible, with no uhmm lock held
+	 * that uhmm_range_fault could need; may run on any thread (see the
+	 * callback rules on struct uhmm_device_ops).  Migrations initiated by
+	 * this mirror's own device are not reported back to it.
+	 */
+	void (*invalidate)(struct uhmm_mirror *m, uintptr_t start, uintptr_t end,
+	                   enum uhmm_event ev);
+};
+
+/* Register the (single) mirror of device d.  Fails: -EINVAL; -EEXIST one exists. */
+int uhmm_mirror_register(struct uhmm_device *d, const struct uhmm_mirror_ops *ops,
+                         void *priv, struct uhmm_mirror **out);
+int uhmm_mirror_unregister(struct uhmm_mirror *m);
+void *uhmm_mirror_priv(const struct uhmm_mirror *m);
+
+/*
+ * The retry protocol:
+ *     again: seq = uhmm_mirror_read_begin(m);
+ *            uhmm_range_fault(m, ..., entries);
+ *            lock(device page table);
+ *            if (uhmm_mirror_read_retry(m, seq)) { unlock; goto again; }
+ *            program the device page table from entries; unlock;
+ * read_begin must be called again on every retry (a stale sequence makes
+ * the loop spin).  read_retry returns 1 when an invalidation ran since
+ * read_begin.
+ */
+uint64_t uhmm_mirror_read_begin(struct uhmm_mirror *m);
+int uhmm_mirror_read_retry(struct uhmm_mirror *m, uint64_t seq);
+
+/* Per-page entry filled by uhmm_range_fault. */
+#define UHMM_ENTRY_VALID         (1u << 0) /* the device may map it (system memory) */
+#define UHMM_ENTRY_WRITE         (1u << 1) /* ... writable */
+#define UHMM_ENTRY_ZERO          (1u << 2) /* the shared zero page */
+#define UHMM_ENTRY_ERROR         (1u << 3) /* no access, unmapped, or poisoned */
+#define UHMM_ENTRY_DEVICE_LOCAL  (1u << 4) /* private memory of this mirror's device: mem/index valid */
+#define UHMM_ENTRY_DEVICE_REMOTE (1u << 5) /* private memory of another device */
+#define UHMM_ENTRY_COHERENT      (1u << 6) /* with DEVICE_*: addressable device memory */
+#define UHMM_ENTRY_NONE          (1u << 7) /* never populated */
+
+struct uhmm_range_entry {
+	unsigned flags;          /* UHMM_ENTRY_* */
+	struct uhmm_devmem *mem; /* DEVICE_LOCAL: the block holding the page */
+	size_t index;            /* DEVICE_LOCAL: page index within mem */
+};
+
+#define UHMM_RANGE_SNAPSHOT 0u        /* report, populate nothing, migrate nothing */
+#define UHMM_RANGE_READ     (1u << 0) /* make every page readable by the device */
+#define UHMM_RANGE_WRITE    (1u << 1) /* ... and writable */
+
+/*
+ * Fill entries[0..npages) for [addr, ...).  With READ/WRITE, never-populated
+ * pages are populated (zero page for READ) and pages private to another
+ * device are brought back to system memory; pages local to this device are
+ * left in place.  A page outside managed memory is reported from the
+ * process's mappings (VALID/WRITE or ERROR); see README "Device access to
+ * unmanaged memory".  Counts one device fault round when it populated or
+ * migrated anything.  Fails: -EINVAL bad arguments; -EFAULT with
+ * READ/WRITE a page has no access (PROT_NONE, unmapped); -EPERM with WRITE a
+ * page is read-only.  Entries are valid for that call's sequence only.
+ */
+int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t npages, unsigned flags,
+                     struct uhmm_range_entry *entries);
+
+/* ------------------------------------------------------------------------
+ * The dummy device: simulated, always available.
+ * ---------------------------------------------------------------------- */
+
+struct uhmm_dummy_options {
+	size_t capacity;       /* bytes of device memory; 0 = 1 GiB; added in chunks on demand */
+	unsigned devmem_flags; /* 0 = DEVICE | ALLOW_MIGRATION | UNADDRESSABLE */
+};
+
+/* Chunk by which the dummy device adds memory; capacity is rounded up to it. */
+#define UHMM_DUMMY_CHUNK (64u << 20)
+
+/*
+ * Create a dummy device on h: host memory that application pointers never
+ * point into, its own page table, and device operations below.
+ * Fails: -EINVAL NULL h/out or invalid devmem_flags; -EOPNOTSUPP a
+ * classification this build cannot provide; -ENOMEM.
+ */
+int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *o,
+                      struct uhmm_device **out);
+
+struct uhmm_dummy_counters {
+	uint64_t cpages; /* pages copied */
+	uint64_t faults; /* device page-fault rounds */
+};
+
+/*
+ * Device-side access through the device's own page table, taking device
+ * faults into uhmm as needed (pages on another device come back through
+ * system memory).  c may be NULL; counters are added to.
+ * Fails: -EINVAL bad arguments or d not a dummy device; -EFAULT no access
+ * (PROT_NONE, unmapped, poisoned); -EPERM write to read-only memory.  On
+ * failure buf (read) or memory (write) may be partly done, never torn
+ * within a page.
+ */
+int uhmm_dummy_read(struct uhmm_device *d, const void *addr, void *buf, size_t npages,
+                    struct uhmm_dummy_counters *c);
+int uhmm_dummy_write(struct uhmm_device *d, void *addr, const void *buf, size_t npages,
+                     struct uhmm_dummy_counters *c);
+
+/* One byte per page, without faulting anything in. */
+#define UHMM_SNAP_NONE                0x00
+#define UHMM_SNAP_READ                0x01
+#define UHMM_SNAP_WRITE               0x02
+#define UHMM_SNAP_HUGE                0x04
+#define UHMM_SNAP_ZERO                0x10
+#define UHMM_SNAP_DEV_PRIVATE_LOCAL   0x20
+#define UHMM_SNAP_DEV_PRIVATE_REMOTE  0x30
+#define UHMM_SNAP_DEV_COHERENT_LOCAL  0x40
+#define UHMM_SNAP_DEV_COHERENT_REMOTE 0x50
+#define UHMM_SNAP_ERROR               0xFF
+
+/*
+ * Classify each page (see API.md): a page private to another device is
+ * reported DEV_PRIVATE_REMOTE.  Never migrates or populates.
+ * Fails: -EINVAL bad arguments or d not a dummy device.
+ */
+int uhmm_dummy_snapshot(struct uhmm_device *d, const void *addr, size_t npages, uint8_t *out);
+
+/* Evict all of the device's memory to system memory.  -EBUSY if a page could not come back. */
+int uhmm_dummy_release(struct uhmm_device *d);
+
+#define UHMM_DUMMY_FAIL_ALLOC (1u << 0) /* device memory allocation fails */
+#define UHMM_DUMMY_FAIL_COPY  (1u << 1) /* copies into/out of the device fail */
+#define UHMM_DUMMY_LOST       (1u << 2) /* device gone: its pages are poisoned */
+/* Set fault injection flags (replaces the previous set).  -EINVAL unknown bits. */
+int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags);
+
+/* Counters of the device since creation. */
+int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* UHMM_H */

@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The dummy device: a simulated device living in the process, modelled on
+ * the kernel's HMM test driver.
+ *
+ * Its memory is host memory that application pointers never point into
+ * (HOST_BACKED pools), and it has its own page table keyed by virtual page
+ * number.  Device operations translate through that table; a missing or
+ * insufficient entry is a device page fault, served by uhmm_range_fault
+ * with the mirror retry protocol.  Invalidations clear entries.
+ *
+ * Accesses: a page in this device's memory is read/written in its pool
+ * slot; a page in system memory is read/written through /proc/self/mem,
+ * which fails (instead of faulting) if the page went away meanwhile — the
+ * entry is then dropped and the page faulted again.  Memory outside
+ * managed ranges is accessed through the process's page tables
+ * (process_vm_readv/writev) and never cached.
+ *
+ * Lock: d->lock guards the table and is held across accesses (which never
+ * fault), never while waiting for uhmm.
+ */
+#include "../internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* Device page table entry bits (dpage pointer above, as in the core). */
+#define DPTE_VALID   (1ULL << 0)
+#define DPTE_WRITE   (1ULL << 1)
+#define DPTE_LOCAL   (1ULL << 2)
+#define DPTE_UNMANAGED (1ULL << 3)
+
+struct dummy {
+	struct uhmm_device *dev;
+	struct uhmm_mirror *mirror;
+	pthread_mutex_t lock;
+	struct ptable pt;
+	_Atomic uint64_t cpages, faults;
+};
+
+static struct dummy *dummy_of(struct uhmm_device *d)
+{
+	return d && d->backend_destroy ? d->backend : NULL;
+}
+
+/* ---- invalidation ---- */
+
+static int zap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
+{
+	(void)addr;
+	(void)arg;
+	atomic_store_explicit(e, 0, memory_order_relaxed);
+	return 0;
+}
+
+static void dummy_invalidate(struct uhmm_mirror *m, uintptr_t start, uintptr_t end,
+                             enum uhmm_event ev)
+{
+	(void)ev;
+	struct dummy *dm = uhmm_mirror_priv(m);
+	pthread_mutex_lock(&dm->lock);
+	ptable_walk(&dm->pt, start, end, zap_one, NULL);
+	pthread_mutex_unlock(&dm->lock);
+}
+
+/* ---- device page faults ---- */
+
+#define CHUNK 512
+
+/* Fault [a, a + n pages) into the device table.  Returns with dm->lock
+ * held on success, not held on failure. */
+static int dummy_fault(struct dummy *dm, uintptr_t a, size_t n, bool write)
+{
+	struct uhmm_range_entry ent[CHUNK];
+	unsigned flags = write ? UHMM_RANGE_WRITE : UHMM_RANGE_READ;
+	for (size_t done = 0; done < n;) {
+		size_t k = MIN(n - done, (size_t)CHUNK);
+		uintptr_t ca = a + done * PAGE_SIZE;
+		for (;;) {
+			uint64_t seq = uhmm_mirror_read_begin(dm->mirror);
+			int r = uhmm_range_fault(dm->mirror, (void *)ca, k, flags, ent);
+			if (r)
+				return r;
+			pthread_mutex_lock(&dm->lock);
+			if (uhmm_mirror_read_retry(dm->mirror, seq)) {
+				pthread_mutex_unlock(&dm->lock);
+				continue;
+			}
+			break;
+		}
+		for (size_t i = 0; i < k; i++) {
+			_Atomic uint64_t *e = ptable_entry(&dm->pt, ca + i * PAGE_SIZE, true);
+			if (!e) {
+				pthread_mutex_unlock(&dm->lock);
+				return -ENOMEM;
+			}
+			uint64_t v = 0;
+			unsigned f = ent[i].flags;
+			if (f & UHMM_ENTRY_DEVICE_LOCAL) {
+				struct uhmm_dpage *dp = &ent[i].mem->pages[ent[i].index];
+				v = pte_make(0, dp, DPTE_VALID | DPTE_LOCAL);
+			} else if (f & UHMM_ENTRY_VALID) {
+				v = DPTE_VALID;
+				struct range_ent r;
+				unsigned tok = ebr_enter();
+				if (!range_lookup(ca + i * PAGE_SIZE, &r) || r.h != dm->dev->h)
+					v |= DPTE_UNMANAGED;
+				ebr_exit(tok);
+			}
+			if (v && (f & UHMM_ENTRY_WRITE))
+				v |= DPTE_WRITE;
+			atomic_store(e, v);
+		}
+		done += k;
+		if (done < n)
+			pthread_mutex_unlock(&dm->lock);
+	}
+	return 0;
+}
+
+/* Copy one page between buf and the page the entry names; false if the
+ * page went away (the entry is dropped, fault again). */
+static bool access_page(_Atomic uint64_t *e, uint64_t v, uintptr_t va,
+                        char *buf, bool write)
+{
+	if (v & DPTE_LOCAL) {
+		struct uhmm_dpage *dp = pte_dpage(v);
+		char *slot = dpage_host(devmem_of(dp), dp);
+		if (write)
+			memcpy(slot, buf, PAGE_SIZE);
+		else
+			memcpy(buf, slot, PAGE_SIZE);
+		return true;
+	}
+	if (v & DPTE_UNMANAGED) {
+		struct iovec l = { buf, PAGE_SIZE }, r = { (void *)va, PAGE_SIZE };
+		ssize_t n = write ? process_vm_writev(getpid(), &l, 1, &r, 1, 0)
+		                  : process_vm_readv(getpid(), &l, 1, &r, 1, 0);
+		if (n == (ssize_t)PAGE_SIZE)
+			return true;
+		atomic_store(e, 0);
+		return false;
+	}
+	ssize_t n = write ? procmem_write(va, buf, PAGE_SIZE) : procmem_read(buf, va, PAGE_SIZE);
+	if (n == (ssize_t)PAGE_SIZE)
+		return true;
+	atomic_store(e, 0);
+	return false;
+}
+
+static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t npages, bool write,
+                        struct uhmm_dummy_counters *c)
+{
+	struct dummy *dm = dummy_of(d);
+	if (!dm || !buf || check_span((void *)a, npages * PAGE_SIZE) ||
+	    npages > SIZE_MAX / PAGE_SIZE)
+		return -EINVAL;
+	if (atomic_load(&d->fail) & UHMM_DUMMY_LOST)
+		return -ENODEV;
+	uint64_t faults = 0, copied = 0;
+	int rc = 0;
+	unsigned stale = 0;
+	pthread_mutex_lock(&dm->lock);
+	for (size_t i = 0; i < npages;) {
+		uintptr_t va = a + i * PAGE_SIZE;
+		_Atomic uint64_t *e = ptable_entry(&dm->pt, va, false);
+		uint64_t v = e ? atomic_load(e) : 0;
+		uint64_t need = DPTE_VALID | (write ? DPTE_WRITE : 0);
+		if ((v & need) != need) {
+			pthread_mutex_unlock(&dm->lock);
+			faults++;
+			rc = dummy_fault(dm, va, npages - i, write);
+			if (rc)
+				goto out_unlocked;
+			continue;
+		}
+		if (!access_page(e, v, va, buf + i * PAGE_SIZE, write)) {
+			/* Raced with a change on the CPU side: fault again. */
+			if (++stale > 1000000) {
+				rc = -EFAULT;
+				break;
+			}
+			continue;
+		}
+		copied++;
+		i++;
+	}
+	pthread_mutex_unlock(&dm->lock);
+out_unlocked:
+	atomic_fetch_add(&dm->faults, faults);
+	atomic_fetch_add(&dm->cpages, copied);
+	if (c) {
+		c->faults += faults;
+		c->cpages += copied;
+	}
+	return rc;
+}
+
+UHMM_API int uhmm_dummy_read(struct uhmm_device *d, const void *addr, void *buf, size_t npages,
+                             struct uhmm_dummy_counters *c)
+{
+	return dummy_access(d, (uintptr_t)addr, buf, npages, false, c);
+}
+
+UHMM_API int uhmm_dummy_write(struct uhmm_device *d, void *addr, const void *buf, size_t npages,
+                              struct uhmm_dummy_counters *c)
+{
+	return dummy_access(d, (uintptr_t)addr, (char *)buf, npages, true, c);
+}
+
+UHMM_API int uhmm_dummy_snapshot(struct uhmm_device *d, const void *addr, size_t npages,
+                                 uint8_t *out)
+{
+	struct dummy *dm = dummy_of(d);
+	if (!dm || !out || check_span(addr, npages * PAGE_SIZE) || npages > SIZE_MAX / PAGE_SIZE)
+		return -EINVAL;
+	struct uhmm_range_entry ent[CHUNK];
+	for (size_t done = 0; done < npages;) {
+		size_t k = MIN(npages - done, (size_t)CHUNK);
+		int r = uhmm_range_fault(dm->mirror, (const char *)addr + done * PAGE_SIZE, k,
+		                         UHMM_RANGE_SNAPSHOT, ent);
+		if (r)
+			return r;
+		for (size_t i = 0; i < k; i++) {
+			unsigned f = ent[i].flags;
+			uint8_t rw = (f & UHMM_ENTRY_WRITE) ? UHMM_SNAP_WRITE : UHMM_SNAP_READ;
+			uint8_t s;
+			if (f & UHMM_ENTRY_ERROR)
+				s = UHMM_SNAP_ERROR;
+			else if (f & UHMM_ENTRY_NONE)
+				s = UHMM_SNAP_NONE;
+			else if (f & UHMM_ENTRY_DEVICE_LOCAL)
+				s = ((f & UHMM_ENTRY_COHERENT) ? UHMM_SNAP_DEV_COHERENT_LOCAL
+				                               : UHMM_SNAP_DEV_PRIVATE_LOCAL) | rw;
+			else if (f & UHMM_ENTRY_DEVICE_REMOTE)
+				s = ((f & UHMM_ENTRY_COHERENT) ? UHMM_SNAP_DEV_COHERENT_REMOTE
+				                               : UHMM_SNAP_DEV_PRIVATE_REMOTE) | rw;
+			else if (f & UHMM_ENTRY_ZERO)
+				s = UHMM_SNAP_ZERO | UHMM_SNAP_READ;
+			else
+				s = rw;
+			out[done + i] = s;
+		}
+		done += k;
+	}
+	return 0;
+}
+
+UHMM_API int uhmm_dummy_release(struct uhmm_device *d)
+{
+	if (!dummy_of(d))
+		return -EINVAL;
+	pthread_mutex_lock(&d->lock);
+	struct uhmm_devmem *list = d->mems;
+	pthread_mutex_unlock(&d->lock);
+	int rc = 0;
+	for (struct uhmm_devmem *m = list; m; m = m->next) {
+		int r = devmem_evacuate(m);
+		if (r && !rc)
+			rc = r;
+	}
+	return rc;
+}
+
+UHMM_API int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags)
+{
+	if (!dummy_of(d) ||
+	    (flags & ~(UHMM_DUMMY_FAIL_ALLOC | UHMM_DUMMY_FAIL_COPY | UHMM_DUMMY_LOST)))
+		return -EINVAL;
+	unsigned old = atomic_exchange(&d->fail, flags);
+	if ((flags & UHMM_DUMMY_LOST) && !(old & UHMM_DUMMY_LOST))
+		return device_lose(d);
+	return 0;
+}
+
+UHMM_API int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c)
+{
+	struct dummy *dm = dummy_of(d);
+	if (!dm || !c)
+		return -EINVAL;
+	c->cpages = atomic_load(&dm->cpages);
+	c->faults = atomic_load(&dm->faults);
+	return 0;
+}
+
+static void dummy_destroy(struct uhmm_device *d)
+{
+	struct dummy *dm = d->backend;
+	ptable_destroy(&dm->pt);
+	pthread_mutex_destroy(&dm->lock);
+	free(dm);
+}
+
+UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *o,
+                               struct uhmm_device **out)
+{
+	if (!h || !out)
+		return -EINVAL;
+	size_t cap = o && o->capacity ? o->capacity : (1UL << 30);
+	unsigned flags = o && o->devmem_flags ? o->devmem_flags
+	                                      : UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION |
+	                                                UHMM_DEVMEM_UNADDRESSABLE;
+	if (flags & ~(UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION | UHMM_DEVMEM_UNADDRESSABLE))
+		return -EINVAL;
+	flags |= UHMM_DEVMEM_DEVICE;
+	if ((flags & UHMM_DEVMEM_UNADDRESSABLE) && !(flags & UHMM_DEVMEM_ALLOW_MIGRATION))
+		return -EINVAL;
+	if (!(flags & UHMM_DEVMEM_UNADDRESSABLE))
+		return -EOPNOTSUPP;
+	cap = (cap + UHMM_DUMMY_CHUNK - 1) / UHMM_DUMMY_CHUNK * UHMM_DUMMY_CHUNK;
+
+	struct dummy *dm = calloc(1, sizeof(*dm));
+	if (!dm)
+		return -ENOMEM;
+	pthread_mutex_init(&dm->lock, NULL);
+	ptable_init(&dm->pt);
+	static const struct uhmm_device_ops ops = { 0 };
+	struct uhmm_device *d;
+	int r = uhmm_device_create(h, "dummy", &ops, UHMM_DEVICE_HOST_BACKED, NULL, &d);
+	if (r) {
+		dummy_destroy(&(struct uhmm_device){ .backend = dm });
+		return r;
+	}
+	dm->dev = d;
+	d->capacity = cap;
+	d->grow_chunk = UHMM_DUMMY_CHUNK;
+	d->grow_flags = flags;
+	d->backend = dm;
+	static const struct uhmm_mirror_ops mops = { .invalidate = dummy_invalidate };
+	r = uhmm_mirror_register(d, &mops, dm, &dm->mirror);
+	if (r) {
+		uhmm_device_destroy(d);
+		dummy_destroy(&(struct uhmm_device){ .backend = dm });
+		return r;
+	}
+	d->backend_destroy = dummy_destroy;
+	*out = d;
+	return 0;
+}

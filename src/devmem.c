@@ -1,0 +1,326 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Device memory hotplug: blocks of device pages with a classification,
+ * per-page descriptors with a reference count, and an allocator that hands
+ * out contiguous runs (so one UFFDIO_MOVE can carry many pages).
+ *
+ * A block's descriptors are looked up from a page pointer through a global
+ * table indexed by the descriptor's mem_id (descriptors stay 16 bytes).
+ *
+ * HOST_BACKED blocks own a host "pool" mapping.  When the context can
+ * move pages (UFFDIO_MOVE), the pool is registered with its userfaultfd
+ * (a MOVE needs both sides registered with the same one) and a free slot
+ * must be empty (not mapped) so a page can be moved into it.  A page that
+ * leaves by MOVE leaves its slot empty ("clean"); one dropped with its data
+ * still there (discarded, poisoned) is pushed on the block's dirty stack
+ * and emptied by the next allocator, on an application thread, because
+ * the madvise that empties it raises a REMOVE event that only the service
+ * thread can read.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sched.h>
+#include <sys/mman.h>
+
+#define MAX_MEMS 65536
+
+static struct uhmm_devmem *_Atomic g_mems[MAX_MEMS];
+static pthread_mutex_t g_mems_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t g_mems_hint;
+
+struct uhmm_devmem *devmem_of(const struct uhmm_dpage *dp)
+{
+	return atomic_load_explicit(&g_mems[dp->mem_id], memory_order_acquire);
+}
+
+static int id_alloc(struct uhmm_devmem *m)
+{
+	pthread_mutex_lock(&g_mems_lock);
+	for (uint32_t i = 0; i < MAX_MEMS; i++) {
+		uint32_t id = (g_mems_hint + i) % MAX_MEMS;
+		if (!atomic_load(&g_mems[id])) {
+			m->id = id;
+			atomic_store(&g_mems[id], m);
+			g_mems_hint = id + 1;
+			pthread_mutex_unlock(&g_mems_lock);
+			return 0;
+		}
+	}
+	pthread_mutex_unlock(&g_mems_lock);
+	return -ENOSPC;
+}
+
+static void free_slot(struct uhmm_devmem *m, size_t idx)
+{
+	atomic_fetch_and(&m->bitmap[idx / 64], ~(1ULL << (idx % 64)));
+}
+
+static void release(struct uhmm_dpage *dp, bool clean)
+{
+	if (atomic_fetch_sub(&dp->ref, 1) != 1)
+		return;
+	struct uhmm_devmem *m = devmem_of(dp);
+	size_t idx = dpage_index(m, dp);
+	atomic_fetch_sub(&m->used, 1);
+	if (m->dev->ops.page_free)
+		m->dev->ops.page_free(m->dev, m, idx);
+	if (m->host_registered && !clean) {
+		uint64_t head = atomic_load(&m->dirty);
+		do
+			dp->vaddr = (uintptr_t)head;
+		while (!atomic_compare_exchange_weak(&m->dirty, &head, (uint64_t)idx + 1));
+		return;
+	}
+	dp->vaddr = 0;
+	free_slot(m, idx);
+}
+
+void dpage_put(struct uhmm_dpage *dp)
+{
+	release(dp, false);
+}
+
+void dpage_put_clean(struct uhmm_dpage *dp)
+{
+	release(dp, true);
+}
+
+/* Empty the slots of dropped pages (application thread, alloc_lock held). */
+static void drain_dirty(struct uhmm_devmem *m)
+{
+	uint64_t head = atomic_exchange(&m->dirty, 0);
+	while (head) {
+		size_t idx = (size_t)head - 1;
+		head = m->pages[idx].vaddr;
+		m->pages[idx].vaddr = 0;
+		madvise(m->host + idx * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED);
+		free_slot(m, idx);
+	}
+}
+
+/* Claim up to n free pages of m, in runs; returns how many. */
+static size_t alloc_from(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **out)
+{
+	size_t got = 0;
+	pthread_mutex_lock(&m->alloc_lock);
+	if (atomic_load(&m->dirty))
+		drain_dirty(m);
+	for (size_t scanned = 0; scanned < m->nwords && got < n; scanned++) {
+		size_t w = (m->hint + scanned) % m->nwords;
+		uint64_t bits = atomic_load(&m->bitmap[w]);
+		while (bits != ~0ULL && got < n) {
+			unsigned b = (unsigned)__builtin_ctzll(~bits);
+			size_t idx = w * 64 + b;
+			if (idx >= m->npages)
+				break;
+			atomic_fetch_or(&m->bitmap[w], 1ULL << b);
+			bits |= 1ULL << b;
+			struct uhmm_dpage *dp = &m->pages[idx];
+			atomic_store(&dp->ref, 1);
+			dp->vaddr = 0;
+			out[got++] = dp;
+		}
+		if (got < n)
+			continue;
+		m->hint = w;
+	}
+	atomic_fetch_add(&m->used, got);
+	pthread_mutex_unlock(&m->alloc_lock);
+	return got;
+}
+
+static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags,
+                         struct uhmm_devmem **out);
+
+size_t devmem_alloc(struct uhmm_device *d, size_t n, struct uhmm_dpage **out)
+{
+	if (atomic_load(&d->fail) & (UHMM_DUMMY_FAIL_ALLOC | UHMM_DUMMY_LOST))
+		return 0;
+	size_t got = 0;
+	pthread_mutex_lock(&d->lock);
+	for (;;) {
+		size_t total = 0;
+		for (struct uhmm_devmem *m = d->mems; m && got < n; m = m->next) {
+			total += m->npages * PAGE_SIZE;
+			if (atomic_load(&m->dead) || !(m->flags & UHMM_DEVMEM_ALLOW_MIGRATION))
+				continue;
+			if (atomic_load(&m->used) >= m->npages && !atomic_load(&m->dirty))
+				continue;
+			got += alloc_from(m, n - got, out + got);
+		}
+		if (got == n || !d->grow_chunk || total + d->grow_chunk > d->capacity)
+			break;
+		struct uhmm_devmem *m;
+		if (devmem_create(d, d->grow_chunk, d->grow_flags, &m))
+			break;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return got;
+}
+
+/* d->lock held by the caller. */
+static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags,
+                         struct uhmm_devmem **out)
+{
+	struct uhmm *h = d->h;
+	struct uhmm_devmem *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->dev = d;
+	m->flags = flags;
+	m->npages = size / PAGE_SIZE;
+	m->nwords = (m->npages + 63) / 64;
+	pthread_mutex_init(&m->alloc_lock, NULL);
+	/* Descriptors are touched only when used: map them lazily. */
+	size_t dsz = m->npages * sizeof(struct uhmm_dpage);
+	m->pages = mmap(NULL, dsz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	m->bitmap = calloc(m->nwords, sizeof(uint64_t));
+	if (m->pages == MAP_FAILED || !m->bitmap)
+		goto fail;
+	/* Bits past the end are permanently "allocated". */
+	if (m->npages % 64)
+		m->bitmap[m->nwords - 1] = ~0ULL << (m->npages % 64);
+	if (d->flags & UHMM_DEVICE_HOST_BACKED) {
+		m->host = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (m->host == MAP_FAILED) {
+			m->host = NULL;
+			goto fail;
+		}
+		/* A page shared with a child after fork could not be moved out. */
+		madvise(m->host, size, MADV_DONTFORK);
+		madvise(m->host, size, MADV_NOHUGEPAGE);
+		if (h->use_move) {
+			if (uffd_register(h->uffd, (uintptr_t)m->host, size, false, NULL))
+				goto fail;
+			m->host_registered = true;
+		}
+	}
+	if (id_alloc(m))
+		goto fail;
+	for (size_t i = 0; i < m->npages; i++)
+		m->pages[i].mem_id = m->id;
+	m->next = d->mems;
+	d->mems = m;
+	*out = m;
+	return 0;
+fail:
+	if (m->host_registered)
+		uffd_unregister(h->uffd, (uintptr_t)m->host, size);
+	if (m->host)
+		munmap(m->host, size);
+	if (m->pages != MAP_FAILED && m->pages)
+		munmap(m->pages, dsz);
+	free((void *)m->bitmap);
+	free(m);
+	return -ENOMEM;
+}
+
+UHMM_API int uhmm_devmem_add(struct uhmm_device *d, size_t size, unsigned flags,
+                             struct uhmm_devmem **out)
+{
+	if (!d || !out || size == 0 || !aligned(size))
+		return -EINVAL;
+	if (flags & ~(UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION | UHMM_DEVMEM_UNADDRESSABLE))
+		return -EINVAL;
+	flags |= UHMM_DEVMEM_DEVICE;
+	if ((flags & UHMM_DEVMEM_UNADDRESSABLE) && !(flags & UHMM_DEVMEM_ALLOW_MIGRATION))
+		return -EINVAL;
+	if (!(flags & UHMM_DEVMEM_UNADDRESSABLE))
+		return -EOPNOTSUPP; /* addressable (coherent / persistent) memory: not yet */
+	if (size / PAGE_SIZE > UINT32_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&d->lock);
+	int r = devmem_create(d, size, flags, out);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+int devmem_evacuate(struct uhmm_devmem *m)
+{
+	struct uhmm *h = m->dev->h;
+	/* Pages allocated by a migration still in flight get their vaddr
+	 * when it finishes: retry until every used page came home or a pass
+	 * makes no progress for a while. */
+	for (int idle = 0; atomic_load(&m->used) > 0;) {
+		size_t before = atomic_load(&m->used);
+		int failed = 0;
+		for (size_t i = 0; i < m->npages && atomic_load(&m->used) > 0; i++) {
+			if (!(atomic_load(&m->bitmap[i / 64]) >> (i % 64) & 1))
+				continue;
+			struct uhmm_dpage *dp = &m->pages[i];
+			if (atomic_load(&dp->ref) == 0)
+				continue;
+			int r = migrate_dpage_home(h, dp);
+			if (r && r != -EAGAIN)
+				failed++;
+		}
+		if (failed)
+			return -EBUSY;
+		if (atomic_load(&m->used) >= before && ++idle > 1000)
+			return -EBUSY;
+		if (atomic_load(&m->used) > 0)
+			sched_yield();
+	}
+	return 0;
+}
+
+void devmem_destroy(struct uhmm_devmem *m)
+{
+	struct uhmm *h = m->dev->h;
+	size_t size = m->npages * PAGE_SIZE;
+	if (m->host) {
+		if (m->host_registered)
+			uffd_unregister(h->uffd, (uintptr_t)m->host, size);
+		munmap(m->host, size);
+	}
+	atomic_store(&g_mems[m->id], NULL);
+	munmap(m->pages, m->npages * sizeof(struct uhmm_dpage));
+	free((void *)m->bitmap);
+	pthread_mutex_destroy(&m->alloc_lock);
+	free(m);
+}
+
+UHMM_API int uhmm_devmem_remove(struct uhmm_devmem *m)
+{
+	if (!m)
+		return -EINVAL;
+	struct uhmm_device *d = m->dev;
+	atomic_store(&m->dead, true);
+	int r = devmem_evacuate(m);
+	if (r) {
+		atomic_store(&m->dead, false);
+		return r;
+	}
+	pthread_mutex_lock(&d->lock);
+	for (struct uhmm_devmem **pp = &d->mems; *pp; pp = &(*pp)->next) {
+		if (*pp == m) {
+			*pp = m->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	/* Readers that found a page through the table are done once EBR says so. */
+	ebr_synchronize();
+	devmem_destroy(m);
+	return 0;
+}
+
+UHMM_API unsigned uhmm_devmem_flags(const struct uhmm_devmem *m) { return m ? m->flags : 0; }
+UHMM_API size_t uhmm_devmem_npages(const struct uhmm_devmem *m) { return m ? m->npages : 0; }
+UHMM_API size_t uhmm_devmem_used(const struct uhmm_devmem *m)
+{
+	return m ? atomic_load(&((struct uhmm_devmem *)m)->used) : 0;
+}
+UHMM_API void *uhmm_devmem_host_addr(const struct uhmm_devmem *m, size_t idx)
+{
+	if (!m || !m->host || idx >= m->npages)
+		return NULL;
+	return m->host + idx * PAGE_SIZE;
+}
+UHMM_API struct uhmm_device *uhmm_devmem_device(const struct uhmm_devmem *m)
+{
+	return m ? m->dev : NULL;
+}

@@ -1,0 +1,399 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal declarations shared by the library's sources.
+ *
+ * The one rule every file obeys (it is what makes SIGBUS mode and the
+ * service thread safe):
+ *
+ *   uhmm never loads or stores managed memory directly while it holds any
+ *   lock.  Data moves with userfaultfd ioctls (MOVE, COPY, ZEROPAGE) or
+ *   through /proc/self/mem, which fails instead of faulting.
+ *
+ * So a synchronous SIGBUS from managed memory never interrupts uhmm code
+ * holding a lock, and the SIGBUS handler may take uhmm's locks (never
+ * malloc).  The service thread never blocks on a page lock: a migration
+ * holding one may itself wait for the service thread to read a REMOVE
+ * event (its own MADV_DONTNEED in the copy fallback).
+ *
+ * Lock order: page locks (ascending address) → device locks (a backend's
+ * own) → devmem allocation lock → registry lock.  Mirror invalidate
+ * callbacks run with page locks held and may take device locks; a device
+ * never waits for a page lock while holding its own lock.
+ */
+#ifndef UHMM_INTERNAL_H
+#define UHMM_INTERNAL_H
+
+#include "uhmm.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define UHMM_API __attribute__((visibility("default")))
+
+#define PAGE_SHIFT 12
+#define PAGE_SIZE  (1UL << PAGE_SHIFT)
+#define PAGE_MASK  (PAGE_SIZE - 1)
+
+#define likely(x)   __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define MIN(a, b)   ((a) < (b) ? (a) : (b))
+#define MAX(a, b)   ((a) > (b) ? (a) : (b))
+
+/* Largest number of pages handled as one batch (one kernel call at most). */
+#define BATCH_PAGES 512
+#define MAX_DEVICES 32
+
+/* ------------------------------------------------------------------------
+ * Epoch-based reclamation (ebr.c): readers never block writers; a writer
+ * frees what it unpublished only once every reader that could see it left.
+ * Signal-safe on the read side (two atomic counters).
+ * ---------------------------------------------------------------------- */
+unsigned ebr_enter(void);
+void ebr_exit(unsigned token);
+void ebr_retire(void *p);  /* free(p) later; never from a signal handler */
+void ebr_synchronize(void); /* wait until all current readers left, then reclaim */
+
+/* ------------------------------------------------------------------------
+ * Sparse page table (ptable.c): a radix tree of 64-bit entries keyed by
+ * virtual page number.  Nodes are installed with CAS and never freed before
+ * the table is destroyed, so lookups are lock-free.  Cost: one 4 KiB leaf
+ * per 2 MiB of address space touched (8 bytes a page), interior nodes
+ * negligible.  Nodes come from mmap'ed arenas (no malloc: the SIGBUS path
+ * may allocate).
+ * ---------------------------------------------------------------------- */
+struct ptable {
+	_Atomic(void *) root;
+	pthread_mutex_t arena_lock;
+	char *arena;        /* current arena */
+	size_t arena_used;
+	void *arenas;       /* list of arenas (first word links) */
+	size_t bytes;       /* node bytes allocated (for stats) */
+};
+
+void ptable_init(struct ptable *pt);
+void ptable_destroy(struct ptable *pt);
+/* Entry of a page, or NULL if absent (create: allocate; NULL on ENOMEM). */
+_Atomic uint64_t *ptable_entry(struct ptable *pt, uintptr_t addr, bool create);
+/* Call fn for every page in [start, end) whose leaf exists (entries may be 0).
+ * fn returns non-zero to stop; that value is returned. */
+typedef int (*ptable_fn)(uintptr_t addr, _Atomic uint64_t *e, void *arg);
+int ptable_walk(struct ptable *pt, uintptr_t start, uintptr_t end, ptable_fn fn, void *arg);
+
+/*
+ * A page entry:
+ *   bits 0-2  enum uhmm_state (MIGRATING is BUSY over the old state)
+ *   bit  3    BUSY: the page is locked (migration, fault resolution)
+ *   bit  4    WAITERS: someone sleeps on the futex of this entry
+ *   bit  5    DISCARD: the CPU side discarded the page while it was BUSY;
+ *             the unlocker makes it NONE (and frees its device page)
+ *   bit  6    ZERO: populated with the shared zero page (a hint)
+ *   bits 8-63 device page descriptor pointer (state DEVICE)
+ * Invariants: state DEVICE ⇔ dpage != NULL and the dpage holds one
+ * reference for the entry; the CPU page is mapped ⇔ state SYSTEM (or
+ * DEVICE_COHERENT), except while BUSY.
+ */
+#define PTE_STATE_MASK 0x7ULL
+#define PTE_BUSY       (1ULL << 3)
+#define PTE_WAITERS    (1ULL << 4)
+#define PTE_DISCARD    (1ULL << 5)
+#define PTE_ZERO       (1ULL << 6)
+#define PTE_DPAGE_SHIFT 8
+
+struct uhmm_dpage;
+static inline unsigned pte_state(uint64_t v) { return (unsigned)(v & PTE_STATE_MASK); }
+static inline struct uhmm_dpage *pte_dpage(uint64_t v)
+{
+	return (struct uhmm_dpage *)(uintptr_t)(v >> PTE_DPAGE_SHIFT);
+}
+static inline uint64_t pte_make(unsigned state, struct uhmm_dpage *dp, uint64_t flags)
+{
+	return ((uint64_t)(uintptr_t)dp << PTE_DPAGE_SHIFT) | flags | state;
+}
+
+/* Lock a page entry, sleeping on a futex; returns the value before locking
+ * (BUSY clear).  Signal-safe. */
+uint64_t pte_lock(_Atomic uint64_t *e);
+/* Try once; on success *old is the value before locking. */
+bool pte_trylock(_Atomic uint64_t *e, uint64_t *old);
+/* Mark that a service thread waits for this entry (see pte_unlock). */
+void pte_note_waiter(struct uhmm *h, _Atomic uint64_t *e);
+
+/* ------------------------------------------------------------------------
+ * Device memory (devmem.c).
+ * ---------------------------------------------------------------------- */
+
+/* Device page descriptor (struct page of ZONE_DEVICE): 16 bytes. */
+struct uhmm_dpage {
+	uintptr_t vaddr;          /* virtual page it backs (valid while ref > 0) */
+	_Atomic uint32_t ref;     /* 0 = free */
+	uint32_t mem_id;          /* index in the devmem table */
+};
+
+struct uhmm_devmem {
+	struct uhmm_device *dev;
+	unsigned flags;
+	uint32_t id;
+	size_t npages;
+	struct uhmm_dpage *pages;
+	_Atomic uint64_t *bitmap;   /* 1 = allocated */
+	size_t nwords;
+	pthread_mutex_t alloc_lock; /* serialises allocators; frees are lock-free */
+	size_t hint;                /* next word to scan */
+	_Atomic size_t used;
+	char *host;                 /* HOST_BACKED: the pool */
+	bool host_registered;       /* pool registered with the uffd (UFFDIO_MOVE) */
+	_Atomic bool dead;          /* being removed or device lost: no allocation */
+	_Atomic uint64_t dirty;     /* stack of freed slots still holding data (index + 1) */
+	struct uhmm_devmem *next;   /* device's list, under dev->lock */
+};
+
+struct uhmm_devmem *devmem_of(const struct uhmm_dpage *dp);
+static inline size_t dpage_index(const struct uhmm_devmem *m, const struct uhmm_dpage *dp)
+{
+	return (size_t)(dp - m->pages);
+}
+static inline char *dpage_host(const struct uhmm_devmem *m, const struct uhmm_dpage *dp)
+{
+	return m->host + dpage_index(m, dp) * PAGE_SIZE;
+}
+/* Allocate up to n pages of device d (runs contiguous where possible).
+ * Returns how many were allocated (ref = 1 each). */
+size_t devmem_alloc(struct uhmm_device *d, size_t n, struct uhmm_dpage **out);
+/* Drop a reference; at zero the page is freed and page_free called.
+ * "clean": its host slot is already empty (data left by UFFDIO_MOVE);
+ * otherwise a registered host slot is emptied before reuse (that needs an
+ * madvise, which raises a REMOVE event, so it is done later by an
+ * allocating application thread, never here). */
+void dpage_put(struct uhmm_dpage *dp);
+void dpage_put_clean(struct uhmm_dpage *dp);
+int devmem_evacuate(struct uhmm_devmem *m);
+void devmem_destroy(struct uhmm_devmem *m);
+
+/* ------------------------------------------------------------------------
+ * Devices (device.c).
+ * ---------------------------------------------------------------------- */
+struct uhmm_device {
+	struct uhmm *h;
+	char name[32];
+	struct uhmm_device_ops ops;
+	unsigned flags;
+	void *priv;
+	int slot;                      /* index in h->devices */
+	pthread_mutex_t lock;          /* devmem list */
+	struct uhmm_devmem *mems;
+	size_t capacity;               /* grow on demand up to this (0 = no growth) */
+	size_t grow_chunk;
+	unsigned grow_flags;
+	_Atomic unsigned fail;         /* fault injection (UHMM_DUMMY_FAIL_*) */
+	_Atomic(struct uhmm_mirror *) mirror;
+	void *backend;                 /* the dummy device's state */
+	void (*backend_destroy)(struct uhmm_device *d);
+};
+
+int device_lose(struct uhmm_device *d);
+
+/* ------------------------------------------------------------------------
+ * Registry of managed ranges (range.c), process wide, EBR-published.
+ * ---------------------------------------------------------------------- */
+struct range_ent {
+	uintptr_t start, end;
+	struct uhmm *h;
+	bool dying; /* range_remove in progress: no migration to a device */
+};
+/* Find the range holding addr; call inside ebr_enter/exit. */
+bool range_lookup(uintptr_t addr, struct range_ent *out);
+/* Is [start, end) entirely managed by h (several adjacent ranges allowed)? */
+bool range_covered(struct uhmm *h, uintptr_t start, uintptr_t end, bool allow_dying);
+/* The event thread's view: drop / move intervals after unmap or mremap. */
+void range_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
+void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool keep_old);
+/* Copy out h's intervals (malloc'ed array); returns count or -ENOMEM. */
+long range_list(struct uhmm *h, struct range_ent **out);
+int range_remove_locked_all(struct uhmm *h);
+
+/* ------------------------------------------------------------------------
+ * userfaultfd wrappers (uffd.c).  All return 0 or -errno; partial results
+ * are reported through the out parameters.
+ * ---------------------------------------------------------------------- */
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1ULL << 16)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1ULL << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1ULL << 13)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+struct uffd_probe {
+	int fd;
+	int err;         /* errno if fd < 0 */
+	bool kernel_faults;
+	bool via_dev;
+	uint64_t features;
+	char how[96];
+};
+/* Open a userfaultfd, trying full (kernel faults) access first. */
+void uffd_open_best(struct uffd_probe *p, int flags);
+int uffd_api(int fd, uint64_t want, uint64_t *got);
+int uffd_register(int fd, uintptr_t start, size_t len, bool wp, uint64_t *ioctls);
+int uffd_unregister(int fd, uintptr_t start, size_t len);
+int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
+int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done);
+int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
+int uffd_wp(int fd, uintptr_t start, size_t len, bool protect);
+int uffd_wake(int fd, uintptr_t start, size_t len);
+int uffd_poison(int fd, uintptr_t start, size_t len);
+
+/* ------------------------------------------------------------------------
+ * /proc/self access (procmem.c): reads and writes that fail instead of
+ * faulting, and the process's mappings.
+ * ---------------------------------------------------------------------- */
+int procmem_fd(void);
+/* Returns bytes transferred (short at the first inaccessible page) or -errno. */
+ssize_t procmem_read(void *dst, uintptr_t src, size_t len);
+ssize_t procmem_write(uintptr_t dst, const void *src, size_t len);
+
+struct vma_info { uintptr_t start, end; int prot; bool shared, anon; };
+/* Fill up to max VMAs overlapping [start, end); returns count or -errno. */
+int maps_query(uintptr_t start, uintptr_t end, struct vma_info *out, int max);
+/* PROT_* of the page at addr, or -1 if unmapped; uses a cached parse. */
+struct prot_cache { uintptr_t start, end; int prot; struct vma_info v[16]; int n; uintptr_t qs, qe; };
+void prot_cache_init(struct prot_cache *c, uintptr_t start, uintptr_t end);
+int prot_at(struct prot_cache *c, uintptr_t addr);
+/* Is the page mapped with the shared zero page?  (pagemap; -1 unknown) */
+int page_is_zero(uintptr_t addr);
+
+/* ------------------------------------------------------------------------
+ * Context (context.c).
+ * ---------------------------------------------------------------------- */
+enum {
+	ST_CPU_FAULTS, ST_TO_DEVICE, ST_TO_SYSTEM, ST_DEVICE_FAULTS, ST_INVALIDATIONS,
+	ST_SKIPPED, ST_ZERO_FILLED, ST_MOVE_CALLS, ST_COPY_CALLS, ST_FALLBACK,
+	ST_DEFERRED, ST_EVENTS, ST_POISONED, ST__COUNT
+};
+
+struct staging {
+	_Atomic uint64_t busy;   /* bit i: buf i in use */
+	char *buf[8];
+};
+
+struct uhmm {
+	int uffd;
+	uint64_t features;
+	bool kernel_faults;
+	bool use_move;            /* UFFDIO_MOVE available and allowed */
+	bool use_wp;              /* WP registration available */
+	bool have_poison;
+	enum uhmm_fault_mode mode;
+	unsigned fault_around;    /* pages, power of two */
+	unsigned spin_us;
+	pid_t pid;
+
+	struct ptable pt;
+
+	pthread_t service;
+	bool service_running;
+	int wake_fd;              /* eventfd: stop / page unlocked */
+	_Atomic bool stopping;
+	_Atomic long waiting;     /* deferred faults in the service thread */
+
+	pthread_mutex_t dev_lock;
+	struct uhmm_device *_Atomic devices[MAX_DEVICES];
+
+	pthread_rwlock_t fork_lock;     /* shared: migrations to a device; exclusive: fork */
+	pthread_mutex_t selfremove_lock; /* our own MADV_DONTNEED (copy fallback) */
+	_Atomic uintptr_t selfremove_start, selfremove_end;
+
+	struct staging staging;
+	_Atomic uint64_t stats[ST__COUNT];
+	struct uhmm *next_ctx;
+};
+
+static inline void stat_add(struct uhmm *h, int i, uint64_t n)
+{
+	atomic_fetch_add_explicit(&h->stats[i], n, memory_order_relaxed);
+}
+
+/* Staging buffers of BATCH_PAGES pages (signal-safe). */
+char *staging_get(struct uhmm *h, int *slot);
+void staging_put(struct uhmm *h, char *buf, int slot);
+
+/* ------------------------------------------------------------------------
+ * Migration (migrate.c).  Callers hold the page locks of every page.
+ * ---------------------------------------------------------------------- */
+struct mpage {
+	uintptr_t addr;
+	_Atomic uint64_t *e;
+	uint64_t old;             /* entry value when locked (BUSY clear) */
+	uint64_t new;             /* value to publish at unlock */
+	struct uhmm_dpage *dp;    /* destination (to device) or source (to system) */
+	int err;                  /* 0 = moved */
+};
+/* Bring device pages back to system memory (pages[i].old is DEVICE). */
+void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator);
+/* Move system pages into d (pages[i].old is SYSTEM). */
+void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_device *d);
+/* Unlock with the computed value, applying a pending DISCARD. */
+void mpage_unlock(struct uhmm *h, struct mpage *p);
+void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval);
+/* Bring every device-resident page of h in [start, end) home; -EBUSY if some stayed. */
+int migrate_range_home(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_device *only);
+/* Bring back one device page given its descriptor (devmem evacuation). */
+int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp);
+/* Zero-fill (read: zero page, write: fresh page) a run of NONE pages. */
+int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write);
+
+/* ------------------------------------------------------------------------
+ * Faults (fault.c, service.c, sigbus.c).
+ * ---------------------------------------------------------------------- */
+#define FAULT_WRITE   (1u << 0)
+#define FAULT_SERVICE (1u << 1) /* on the service thread: never sleep on a page lock */
+/* 0 resolved; -EAGAIN busy (retry later); -EFAULT the access must get SIGBUS. */
+int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags);
+int service_start(struct uhmm *h);
+void service_stop(struct uhmm *h);
+void service_kick(struct uhmm *h);
+int sigbus_install(void);  /* make sure ours is first in line */
+int sigbus_acquire(void);  /* a SIGBUS-mode context starts */
+void sigbus_release(void);
+
+/* ------------------------------------------------------------------------
+ * Mirrors (mirror.c).
+ * ---------------------------------------------------------------------- */
+struct uhmm_mirror {
+	struct uhmm_device *dev;
+	struct uhmm_mirror_ops ops;
+	void *priv;
+	_Atomic uint64_t seq;
+};
+/* Tell every mirror of h (except skip's) that [start, end) changes. */
+void mirror_invalidate(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_event ev,
+                       const struct uhmm_device *skip);
+
+/* Events from the kernel (service.c → context state). */
+void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_event ev);
+void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len);
+
+/* Contexts of this process (for fork handling). */
+void contexts_lock(void);
+void contexts_unlock(void);
+
+static inline bool aligned(uintptr_t x) { return (x & PAGE_MASK) == 0; }
+/* Validate (addr, len): aligned, non-zero, no wrap. */
+static inline int check_span(const void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+	if (!addr || len == 0 || !aligned(a) || !aligned(len) || a + len < a)
+		return -EINVAL;
+	return 0;
+}
+
+#endif

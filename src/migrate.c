@@ -1,0 +1,484 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Migration between system memory and device memory.
+ *
+ * Contract: callers lock every page first (PTE_BUSY, ascending addresses)
+ * and pass them sorted; these functions move the data, fill in each page's
+ * new entry value and error, and never unlock.  A page whose move failed
+ * keeps its old value: the data stays where it was.
+ *
+ * System → device takes the page away from the CPU atomically, so a
+ * racing CPU write either lands before the move (and travels) or faults
+ * and waits for the page lock (then finds the page on the device and
+ * brings it back):
+ *   - UFFDIO_MOVE of the PTEs into a HOST_BACKED pool: zero copy;
+ *   - otherwise write-protect, read through /proc/self/mem, copy into the
+ *     device, then MADV_DONTNEED (our own REMOVE event is recognised and
+ *     ignored).  Also used for pages MOVE refuses (shared after fork).
+ * Device → system installs the page with UFFDIO_MOVE or UFFDIO_COPY, which
+ * also wakes every thread waiting on it.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static bool dev_failing(const struct uhmm_device *d)
+{
+	return atomic_load(&((struct uhmm_device *)d)->fail) & (UHMM_DUMMY_FAIL_COPY | UHMM_DUMMY_LOST);
+}
+
+/* Length of the run starting at p[0]: consecutive addresses in one block,
+ * and consecutive slots when `slots` (one MOVE/COPY covers it). */
+static size_t run_len(const struct mpage *p, size_t n, bool slots)
+{
+	struct uhmm_devmem *m = devmem_of(p[0].dp);
+	size_t k = 1;
+	while (k < n && k < BATCH_PAGES && p[k].addr == p[k - 1].addr + PAGE_SIZE &&
+	       devmem_of(p[k].dp) == m && (!slots || p[k].dp == p[k - 1].dp + 1))
+		k++;
+	return k;
+}
+
+/* ---- device → system ---- */
+
+static void run_home(struct uhmm *h, struct mpage *p, size_t k)
+{
+	struct uhmm_devmem *m = devmem_of(p[0].dp);
+	struct uhmm_device *d = m->dev;
+	size_t len = k * PAGE_SIZE, done = 0;
+	int r;
+
+	if (dev_failing(d)) {
+		r = -EIO;
+	} else if (m->host_registered) {
+		r = uffd_move(h->uffd, p[0].addr, (uintptr_t)dpage_host(m, p[0].dp), len, &done);
+		stat_add(h, ST_MOVE_CALLS, 1);
+	} else if (m->host) {
+		r = uffd_copy(h->uffd, p[0].addr, dpage_host(m, p[0].dp), len, false, &done);
+		stat_add(h, ST_COPY_CALLS, 1);
+	} else {
+		size_t idx[BATCH_PAGES];
+		int slot;
+		char *buf = staging_get(h, &slot);
+		if (!buf) {
+			r = -ENOMEM;
+		} else {
+			for (size_t i = 0; i < k; i++)
+				idx[i] = dpage_index(m, p[i].dp);
+			r = d->ops.copy_from_device(d, buf, m, idx, k);
+			if (!r)
+				r = uffd_copy(h->uffd, p[0].addr, buf, len, false, &done);
+			staging_put(h, buf, slot);
+		}
+		stat_add(h, ST_COPY_CALLS, 1);
+	}
+	for (size_t i = 0; i < k; i++)
+		p[i].err = i * PAGE_SIZE < done ? 0 : (r ? r : -EIO);
+}
+
+void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator)
+{
+	if (!n)
+		return;
+	for (size_t i = 0; i < n; i++)
+		p[i].dp = pte_dpage(p[i].old);
+	mirror_invalidate(h, p[0].addr, p[n - 1].addr + PAGE_SIZE, UHMM_EVENT_MIGRATE, initiator);
+	for (size_t i = 0; i < n;) {
+		struct uhmm_devmem *m = devmem_of(p[i].dp);
+		size_t k = run_len(p + i, n - i, m->host != NULL);
+		run_home(h, p + i, k);
+		i += k;
+	}
+	size_t moved = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i].err) {
+			p[i].new = p[i].old;
+			continue;
+		}
+		struct uhmm_devmem *m = devmem_of(p[i].dp);
+		p[i].new = UHMM_STATE_SYSTEM;
+		if (m->host_registered)
+			dpage_put_clean(p[i].dp);
+		else
+			dpage_put(p[i].dp);
+		moved++;
+	}
+	stat_add(h, ST_TO_SYSTEM, moved);
+}
+
+/* ---- system → device ---- */
+
+/* Our own MADV_DONTNEED: the REMOVE event it raises is ours, not the
+ * application's (service.c compares the interval). */
+static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
+{
+	pthread_mutex_lock(&h->selfremove_lock);
+	atomic_store(&h->selfremove_start, start);
+	atomic_store(&h->selfremove_end, start + len);
+	madvise((void *)start, len, MADV_DONTNEED);
+	atomic_store(&h->selfremove_start, 0);
+	atomic_store(&h->selfremove_end, 0);
+	pthread_mutex_unlock(&h->selfremove_lock);
+}
+
+/* Copy + unmap for pages p[0..k) (one run of a block).  The write-protect
+ * makes the copy the last word: a write after it waits on our page lock. */
+static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
+{
+	struct uhmm_devmem *m = devmem_of(p[0].dp);
+	struct uhmm_device *d = m->dev;
+	uintptr_t a = p[0].addr;
+	size_t len = k * PAGE_SIZE;
+	int r = 0;
+
+	if (!h->use_wp || dev_failing(d)) {
+		for (size_t i = 0; i < k; i++)
+			p[i].err = -EIO;
+		return;
+	}
+	r = uffd_wp(h->uffd, a, len, true);
+	if (r) {
+		for (size_t i = 0; i < k; i++)
+			p[i].err = r;
+		return;
+	}
+	int slot = -1;
+	bool direct = m->host && !m->host_registered;  /* a plain pool: read straight into it */
+	char *buf = direct ? dpage_host(m, p[0].dp) : staging_get(h, &slot);
+	if (!buf) {
+		r = -ENOMEM;
+		goto undo;
+	}
+	/* Read page by page past a failure: a page the application discarded
+	 * meanwhile (not present) reads as what it is, zeros. */
+	for (size_t off = 0; off < len;) {
+		ssize_t got = procmem_read(buf + off, a + off, len - off);
+		if (got < 0 && got != -EIO) {
+			r = (int)got;
+			goto undo;
+		}
+		if (got > 0) {
+			off += (size_t)got;
+			continue;
+		}
+		/* Discarded meanwhile: its content is zeros now, and so is the
+		 * device copy. */
+		memset(buf + off, 0, PAGE_SIZE);
+		off += PAGE_SIZE;
+	}
+	if (m->host_registered) {
+		size_t done;
+		r = uffd_copy(h->uffd, (uintptr_t)dpage_host(m, p[0].dp), buf, len, false, &done);
+		if (r) {
+			/* Nothing half done: drop what was copied in with the pages. */
+			goto undo;
+		}
+	} else if (!m->host) {
+		size_t idx[BATCH_PAGES];
+		for (size_t i = 0; i < k; i++)
+			idx[i] = dpage_index(m, p[i].dp);
+		r = d->ops.copy_to_device(d, m, idx, buf, k);
+		if (r)
+			goto undo;
+	}
+	if (slot >= 0)
+		staging_put(h, buf, slot);
+	stat_add(h, ST_COPY_CALLS, 1);
+	self_discard(h, a, len);
+	for (size_t i = 0; i < k; i++)
+		p[i].err = 0;
+	stat_add(h, ST_FALLBACK, k);
+	return;
+undo:
+	if (slot >= 0)
+		staging_put(h, buf, slot);
+	uffd_wp(h->uffd, a, len, false); /* wakes writers that waited */
+	for (size_t i = 0; i < k; i++)
+		p[i].err = r ? r : -EIO;
+}
+
+static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
+{
+	struct uhmm_devmem *m = devmem_of(p[0].dp);
+	if (!m->host_registered || dev_failing(m->dev)) {
+		copy_run_to_device(h, p, k);
+		return;
+	}
+	size_t i = 0;
+	while (i < k) {
+		size_t done = 0, len = (k - i) * PAGE_SIZE;
+		int r = uffd_move(h->uffd, (uintptr_t)dpage_host(m, p[i].dp), p[i].addr, len, &done);
+		stat_add(h, ST_MOVE_CALLS, 1);
+		for (size_t j = 0; j < done / PAGE_SIZE; j++)
+			p[i + j].err = 0;
+		i += done / PAGE_SIZE;
+		if (!r)
+			break;
+		/* p[i] failed: ENOENT = discarded meanwhile (now a hole);
+		 * EBUSY = shared with a child after fork: copy it instead. */
+		if (r == -ENOENT)
+			p[i].err = -ENOENT;
+		else
+			copy_run_to_device(h, p + i, 1);
+		i++;
+	}
+}
+
+void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_device *d)
+{
+	if (!n)
+		return;
+	(void)d;
+	mirror_invalidate(h, p[0].addr, p[n - 1].addr + PAGE_SIZE, UHMM_EVENT_MIGRATE, NULL);
+	for (size_t i = 0; i < n;) {
+		size_t k = run_len(p + i, n - i, true);
+		run_to_device(h, p + i, k);
+		i += k;
+	}
+	size_t moved = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i].err == 0) {
+			p[i].dp->vaddr = p[i].addr;
+			p[i].new = pte_make(UHMM_STATE_DEVICE, p[i].dp, 0);
+			moved++;
+		} else {
+			/* A failed copy may have filled the slot: empty it before reuse. */
+			dpage_put(p[i].dp);
+			p[i].new = p[i].err == -ENOENT ? UHMM_STATE_NONE : p[i].old;
+		}
+	}
+	stat_add(h, ST_TO_DEVICE, moved);
+}
+
+void mpage_unlock(struct uhmm *h, struct mpage *p)
+{
+	page_unlock(h, p->e, p->new);
+}
+
+/* ---- zero fill ---- */
+
+static const char *zero_source(void)
+{
+	static const char *_Atomic zeros;
+	const char *z = atomic_load(&zeros);
+	if (!z) {
+		/* A read-only anonymous mapping reads as zeros and costs nothing. */
+		void *m = mmap(NULL, BATCH_PAGES * PAGE_SIZE, PROT_READ,
+		               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (m == MAP_FAILED)
+			return NULL;
+		const char *expected = NULL;
+		if (!atomic_compare_exchange_strong(&zeros, &expected, m)) {
+			munmap(m, BATCH_PAGES * PAGE_SIZE);
+			return expected;
+		}
+		z = m;
+	}
+	return z;
+}
+
+int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write)
+{
+	size_t len = n * PAGE_SIZE, done = 0;
+	int r;
+	if (write) {
+		const char *z = zero_source();
+		if (!z)
+			return -ENOMEM;
+		r = uffd_copy(h->uffd, addr, z, len, false, &done);
+	} else {
+		r = uffd_zeropage(h->uffd, addr, len, &done);
+	}
+	/* EEXIST: some page is already there (populated by the kernel behind
+	 * our back, e.g. unregistered and re-registered): fill the others. */
+	while (r == -EEXIST && done < len) {
+		done += PAGE_SIZE;
+		size_t more = 0;
+		if (done < len)
+			r = write ? uffd_copy(h->uffd, addr + done, zero_source(), len - done, false, &more)
+			          : uffd_zeropage(h->uffd, addr + done, len - done, &more);
+		else
+			r = 0;
+		done += more;
+	}
+	stat_add(h, ST_ZERO_FILLED, n);
+	return r;
+}
+
+/* ---- bringing ranges home ---- */
+
+struct home_arg {
+	struct uhmm *h;
+	struct uhmm_device *only;
+	uintptr_t addrs[BATCH_PAGES];
+	size_t n;
+	int failed;
+};
+
+static void home_flush(struct home_arg *ha)
+{
+	struct mpage p[BATCH_PAGES];
+	size_t k = 0;
+	struct uhmm *h = ha->h;
+	for (size_t i = 0; i < ha->n; i++) {
+		_Atomic uint64_t *e = ptable_entry(&h->pt, ha->addrs[i], false);
+		uint64_t v = pte_lock(e);
+		if (pte_state(v) != UHMM_STATE_DEVICE ||
+		    (ha->only && devmem_of(pte_dpage(v))->dev != ha->only)) {
+			page_unlock(h, e, v);
+			continue;
+		}
+		p[k++] = (struct mpage){ .addr = ha->addrs[i], .e = e, .old = v };
+	}
+	migrate_to_system(h, p, k, NULL);
+	for (size_t i = 0; i < k; i++) {
+		if (p[i].err)
+			ha->failed++;
+		mpage_unlock(h, &p[i]);
+	}
+	ha->n = 0;
+}
+
+static int home_visit(uintptr_t addr, _Atomic uint64_t *e, void *arg)
+{
+	struct home_arg *ha = arg;
+	uint64_t v = atomic_load(e);
+	/* A busy page may be on its way to a device: check it under the lock. */
+	if (pte_state(v) != UHMM_STATE_DEVICE && !(v & PTE_BUSY))
+		return 0;
+	if (ha->n && (ha->n == BATCH_PAGES || addr != ha->addrs[ha->n - 1] + PAGE_SIZE))
+		home_flush(ha);
+	ha->addrs[ha->n++] = addr;
+	return 0;
+}
+
+int migrate_range_home(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_device *only)
+{
+	struct home_arg *ha = malloc(sizeof(*ha));
+	if (!ha)
+		return -ENOMEM;
+	ha->h = h;
+	ha->only = only;
+	ha->n = 0;
+	ha->failed = 0;
+	ptable_walk(&h->pt, start, end, home_visit, ha);
+	if (ha->n)
+		home_flush(ha);
+	int r = ha->failed ? -EBUSY : 0;
+	free(ha);
+	return r;
+}
+
+int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp)
+{
+	uintptr_t va = dp->vaddr;
+	if (atomic_load(&dp->ref) == 0 || !va)
+		return -EAGAIN;
+	_Atomic uint64_t *e = ptable_entry(&h->pt, va, false);
+	if (!e)
+		return -EAGAIN;
+	uint64_t v = pte_lock(e);
+	if (pte_state(v) != UHMM_STATE_DEVICE || pte_dpage(v) != dp) {
+		page_unlock(h, e, v);
+		return -EAGAIN;
+	}
+	struct mpage p = { .addr = va, .e = e, .old = v };
+	migrate_to_system(h, &p, 1, NULL);
+	mpage_unlock(h, &p);
+	return p.err;
+}
+
+/* ---- the public call ---- */
+
+UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                          struct uhmm_migrate_result *res)
+{
+	if (!h)
+		return -EINVAL;
+	int r = check_span(addr, len);
+	if (r)
+		return r;
+	if (to && to->h != h)
+		return -EINVAL;
+	uintptr_t a = (uintptr_t)addr, end = a + len;
+	if (!range_covered(h, a, end, to == NULL))
+		return -EINVAL;
+	if (to) {
+		pthread_rwlock_rdlock(&h->fork_lock);
+		if (h->mode == UHMM_FAULT_SIGBUS)
+			sigbus_install(); /* still first in line (a test framework may have replaced it) */
+	}
+	struct mpage *p = malloc(BATCH_PAGES * sizeof(*p));
+	struct uhmm_dpage **dps = malloc(BATCH_PAGES * sizeof(*dps));
+	size_t migrated = 0, skipped = 0;
+	if (!p || !dps) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (uintptr_t b = a; b < end; b += BATCH_PAGES * PAGE_SIZE) {
+		uintptr_t be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
+		if (to && !range_covered(h, b, be, false)) {
+			/* Being removed: takes no new device pages. */
+			skipped += (be - b) / PAGE_SIZE;
+			continue;
+		}
+		size_t n = 0;
+		for (uintptr_t pa = b; pa < be; pa += PAGE_SIZE) {
+			_Atomic uint64_t *e = ptable_entry(&h->pt, pa, false);
+			if (!e || atomic_load(e) == 0) {
+				/* Never populated: nothing to move either way. */
+				if (to)
+					skipped++;
+				else
+					migrated++;
+				continue;
+			}
+			uint64_t v = pte_lock(e);
+			unsigned st = pte_state(v);
+			bool want = to ? st == UHMM_STATE_SYSTEM : st == UHMM_STATE_DEVICE;
+			if (want) {
+				p[n++] = (struct mpage){ .addr = pa, .e = e, .old = v };
+				continue;
+			}
+			if (to ? (st == UHMM_STATE_DEVICE && devmem_of(pte_dpage(v))->dev == to)
+			       : (st == UHMM_STATE_SYSTEM || st == UHMM_STATE_NONE))
+				migrated++;
+			else
+				skipped++;
+			page_unlock(h, e, v);
+		}
+		if (to) {
+			size_t got = devmem_alloc(to, n, dps);
+			for (size_t i = got; i < n; i++) {
+				page_unlock(h, p[i].e, p[i].old);
+				skipped++;
+			}
+			n = got;
+			for (size_t i = 0; i < n; i++)
+				p[i].dp = dps[i];
+			migrate_to_device(h, p, n, to);
+		} else {
+			migrate_to_system(h, p, n, NULL);
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (p[i].err)
+				skipped++;
+			else
+				migrated++;
+			mpage_unlock(h, &p[i]);
+		}
+	}
+	stat_add(h, ST_SKIPPED, skipped);
+out:
+	free(p);
+	free(dps);
+	if (to)
+		pthread_rwlock_unlock(&h->fork_lock);
+	if (!r && res) {
+		res->migrated = migrated;
+		res->skipped = skipped;
+	}
+	return r;
+}

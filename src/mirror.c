@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Mirroring: a device's view of the address space.
+ *
+ * Invalidation bumps the mirror's sequence *before* calling the device, and
+ * runs before the CPU-side change becomes visible (with the pages locked),
+ * so a device that snapshotted entries, then took its own lock and found
+ * the sequence unchanged, programs entries that are still right.
+ *
+ * uhmm_range_fault is the device page fault: it reports (and with READ or
+ * WRITE, makes) the state the device needs, in batches: one kernel call
+ * per run of never-populated pages, one migration per run of pages held by
+ * another device.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+UHMM_API int uhmm_mirror_register(struct uhmm_device *d, const struct uhmm_mirror_ops *ops,
+                                  void *priv, struct uhmm_mirror **out)
+{
+	if (!d || !ops || !ops->invalidate || !out)
+		return -EINVAL;
+	struct uhmm_mirror *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->dev = d;
+	m->ops = *ops;
+	m->priv = priv;
+	struct uhmm_mirror *expected = NULL;
+	if (!atomic_compare_exchange_strong(&d->mirror, &expected, m)) {
+		free(m);
+		return -EEXIST;
+	}
+	*out = m;
+	return 0;
+}
+
+UHMM_API int uhmm_mirror_unregister(struct uhmm_mirror *m)
+{
+	if (!m)
+		return -EINVAL;
+	struct uhmm_mirror *expected = m;
+	if (!atomic_compare_exchange_strong(&m->dev->mirror, &expected, NULL))
+		return -ENOENT;
+	ebr_synchronize(); /* no invalidation still uses it */
+	free(m);
+	return 0;
+}
+
+UHMM_API void *uhmm_mirror_priv(const struct uhmm_mirror *m) { return m ? m->priv : NULL; }
+
+UHMM_API uint64_t uhmm_mirror_read_begin(struct uhmm_mirror *m)
+{
+	return m ? atomic_load_explicit(&m->seq, memory_order_acquire) : 0;
+}
+
+UHMM_API int uhmm_mirror_read_retry(struct uhmm_mirror *m, uint64_t seq)
+{
+	return !m || atomic_load_explicit(&m->seq, memory_order_acquire) != seq;
+}
+
+void mirror_invalidate(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_event ev,
+                       const struct uhmm_device *skip)
+{
+	unsigned tok = ebr_enter();
+	for (int i = 0; i < MAX_DEVICES; i++) {
+		struct uhmm_device *d = atomic_load(&h->devices[i]);
+		if (!d || d == skip)
+			continue;
+		struct uhmm_mirror *m = atomic_load(&d->mirror);
+		if (!m)
+			continue;
+		atomic_fetch_add_explicit(&m->seq, 1, memory_order_acq_rel);
+		m->ops.invalidate(m, start, end, ev);
+		stat_add(h, ST_INVALIDATIONS, 1);
+	}
+	ebr_exit(tok);
+}
+
+/* ---- the device page fault ---- */
+
+struct rf {
+	struct uhmm_mirror *m;
+	struct uhmm *h;
+	unsigned flags;
+	bool did;
+};
+
+static unsigned prot_bits(int prot)
+{
+	return (prot & PROT_WRITE) ? UHMM_ENTRY_WRITE : 0;
+}
+
+/* Populate a run of never-populated pages [a, a + n pages). */
+static int fault_none_run(struct rf *f, uintptr_t a, size_t n, size_t *done)
+{
+	struct uhmm *h = f->h;
+	_Atomic uint64_t *ents[BATCH_PAGES];
+	size_t k = 0;
+	for (; k < n; k++) {
+		ents[k] = ptable_entry(&h->pt, a + k * PAGE_SIZE, true);
+		if (!ents[k])
+			break;
+		uint64_t v = pte_lock(ents[k]);
+		if (v != 0) {
+			page_unlock(h, ents[k], v);
+			break;
+		}
+	}
+	*done = k;
+	if (!k)
+		return 0; /* state changed under us: the caller looks again */
+	bool write = f->flags & UHMM_RANGE_WRITE;
+	int r = populate_zero(h, a, k, write);
+	uint64_t nv = r ? 0 : (UHMM_STATE_SYSTEM | (write ? 0 : PTE_ZERO));
+	for (size_t i = 0; i < k; i++)
+		page_unlock(h, ents[i], nv);
+	f->did = true;
+	return r ? -EFAULT : 0;
+}
+
+/* Bring a page held by another device home (one page; runs are rare). */
+static int fault_remote(struct rf *f, uintptr_t a)
+{
+	struct uhmm *h = f->h;
+	_Atomic uint64_t *e = ptable_entry(&h->pt, a, false);
+	if (!e)
+		return 0;
+	uint64_t v = pte_lock(e);
+	if (pte_state(v) != UHMM_STATE_DEVICE || devmem_of(pte_dpage(v))->dev == f->m->dev) {
+		page_unlock(h, e, v);
+		return 0;
+	}
+	struct mpage p = { .addr = a, .e = e, .old = v };
+	migrate_to_system(h, &p, 1, f->m->dev);
+	mpage_unlock(h, &p);
+	f->did = true;
+	return p.err ? -EFAULT : 0;
+}
+
+UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t npages, unsigned flags,
+                              struct uhmm_range_entry *entries)
+{
+	uintptr_t a = (uintptr_t)addr;
+	if (!m || !entries || !addr || !npages || !aligned(a) ||
+	    (flags & ~(UHMM_RANGE_READ | UHMM_RANGE_WRITE)) || npages > (UINTPTR_MAX - a) / PAGE_SIZE)
+		return -EINVAL;
+	if (flags & UHMM_RANGE_WRITE)
+		flags |= UHMM_RANGE_READ;
+	struct rf f = { .m = m, .h = m->dev->h, .flags = flags };
+	struct uhmm *h = f.h;
+	bool fault = flags != UHMM_RANGE_SNAPSHOT;
+	struct prot_cache pc;
+	prot_cache_init(&pc, a, a + npages * PAGE_SIZE);
+	int rc = 0;
+
+	for (size_t i = 0; i < npages;) {
+		uintptr_t pa = a + i * PAGE_SIZE;
+		struct uhmm_range_entry *ent = &entries[i];
+		memset(ent, 0, sizeof(*ent));
+		int prot = prot_at(&pc, pa);
+		if (prot < 0 || !(prot & PROT_READ)) {
+			ent->flags = UHMM_ENTRY_ERROR;
+			if (fault) {
+				rc = -EFAULT;
+				break;
+			}
+			i++;
+			continue;
+		}
+		if ((flags & UHMM_RANGE_WRITE) && !(prot & PROT_WRITE)) {
+			rc = -EPERM;
+			break;
+		}
+		unsigned wr = prot_bits(prot);
+		struct range_ent r;
+		unsigned tok = ebr_enter();
+		bool managed = range_lookup(pa, &r) && r.h == h;
+		ebr_exit(tok);
+		if (!managed) {
+			/* Unmanaged memory: the device goes through the process's
+			 * own page tables; nothing to mirror. */
+			ent->flags = UHMM_ENTRY_VALID | wr;
+			i++;
+			continue;
+		}
+		_Atomic uint64_t *e = ptable_entry(&h->pt, pa, false);
+		uint64_t v = e ? atomic_load(e) : 0;
+		switch (pte_state(v)) {
+		case UHMM_STATE_NONE: {
+			if (!fault) {
+				ent->flags = UHMM_ENTRY_NONE;
+				i++;
+				break;
+			}
+			size_t n = 1;
+			while (i + n < npages && n < BATCH_PAGES && pa + n * PAGE_SIZE < r.end &&
+			       prot_at(&pc, pa + n * PAGE_SIZE) == prot) {
+				_Atomic uint64_t *ne = ptable_entry(&h->pt, pa + n * PAGE_SIZE, false);
+				if (ne && atomic_load(ne) != 0)
+					break;
+				n++;
+			}
+			size_t done;
+			rc = fault_none_run(&f, pa, n, &done);
+			if (rc)
+				goto out;
+			/* Entries are filled when the loop looks at these pages again. */
+			break;
+		}
+		case UHMM_STATE_SYSTEM:
+			ent->flags = UHMM_ENTRY_VALID | wr;
+			if (v & PTE_ZERO) {
+				if (flags & UHMM_RANGE_WRITE) {
+					/* The device will write: no longer the zero page. */
+					atomic_fetch_and(e, ~PTE_ZERO);
+				} else if (page_is_zero(pa) == 1) {
+					ent->flags |= UHMM_ENTRY_ZERO;
+				}
+			}
+			i++;
+			break;
+		case UHMM_STATE_DEVICE: {
+			struct uhmm_dpage *dp = pte_dpage(v);
+			struct uhmm_devmem *mem = devmem_of(dp);
+			if (mem && mem->dev == m->dev) {
+				ent->flags = UHMM_ENTRY_DEVICE_LOCAL | wr;
+				ent->mem = mem;
+				ent->index = dpage_index(mem, dp);
+				i++;
+			} else if (!fault) {
+				ent->flags = UHMM_ENTRY_DEVICE_REMOTE | wr;
+				i++;
+			} else {
+				rc = fault_remote(&f, pa);
+				if (rc)
+					goto out;
+			}
+			break;
+		}
+		case UHMM_STATE_DEVICE_COHERENT:
+			ent->flags = UHMM_ENTRY_VALID | UHMM_ENTRY_COHERENT | wr;
+			i++;
+			break;
+		default: /* POISONED */
+			ent->flags = UHMM_ENTRY_ERROR;
+			if (fault) {
+				rc = -EFAULT;
+				goto out;
+			}
+			i++;
+			break;
+		}
+	}
+out:
+	if (fault)
+		stat_add(h, ST_DEVICE_FAULTS, 1);
+	return rc;
+}

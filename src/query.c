@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: MIT */
+/* Where each page lives: a lock-free read of the page state table. */
+#include "internal.h"
+
+UHMM_API int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct uhmm_page_info *out)
+{
+	uintptr_t a = (uintptr_t)addr;
+	if (!h || !out || !addr || !npages || !aligned(a) || npages > (UINTPTR_MAX - a) / PAGE_SIZE)
+		return -EINVAL;
+	if (!range_covered(h, a, a + npages * PAGE_SIZE, true))
+		return -ENOENT;
+	for (size_t i = 0; i < npages; i++) {
+		_Atomic uint64_t *e = ptable_entry(&h->pt, a + i * PAGE_SIZE, false);
+		uint64_t v = e ? atomic_load(e) : 0;
+		out[i].state = (enum uhmm_state)pte_state(v);
+		out[i].device = NULL;
+		if (out[i].state == UHMM_STATE_DEVICE) {
+			struct uhmm_devmem *m = devmem_of(pte_dpage(v));
+			out[i].device = m ? m->dev : NULL;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,398 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Managed ranges.  A process-wide registry of intervals [start, end), each
+ * owned by one context, kept as a sorted array that is replaced, never
+ * edited, and published with one atomic store; the old array is retired
+ * through EBR.  Lookups (also from the SIGBUS handler) take no lock.
+ * Writers serialise on g_lock and never wait for anything while holding
+ * it (the event thread edits the registry too).
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+struct range_set {
+	size_t n;
+	struct range_ent e[];
+};
+
+static _Atomic(struct range_set *) g_ranges;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+bool range_lookup(uintptr_t addr, struct range_ent *out)
+{
+	struct range_set *s = atomic_load_explicit(&g_ranges, memory_order_acquire);
+	if (!s)
+		return false;
+	size_t lo = 0, hi = s->n;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (addr < s->e[mid].start)
+			hi = mid;
+		else if (addr >= s->e[mid].end)
+			lo = mid + 1;
+		else {
+			*out = s->e[mid];
+			return true;
+		}
+	}
+	return false;
+}
+
+bool range_covered(struct uhmm *h, uintptr_t start, uintptr_t end, bool allow_dying)
+{
+	unsigned tok = ebr_enter();
+	uintptr_t at = start;
+	struct range_ent r;
+	while (at < end && range_lookup(at, &r) && r.h == h && (allow_dying || !r.dying))
+		at = r.end;
+	ebr_exit(tok);
+	return at >= end;
+}
+
+long range_list(struct uhmm *h, struct range_ent **out)
+{
+	unsigned tok = ebr_enter();
+	struct range_set *s = atomic_load(&g_ranges);
+	size_t n = 0, total = s ? s->n : 0;
+	struct range_ent *v = malloc((total + 1) * sizeof(*v));
+	if (!v) {
+		ebr_exit(tok);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < total; i++)
+		if (s->e[i].h == h)
+			v[n++] = s->e[i];
+	ebr_exit(tok);
+	*out = v;
+	return (long)n;
+}
+
+/* ---- writers (g_lock held) ---- */
+
+static struct range_set *set_dup(size_t extra)
+{
+	struct range_set *old = atomic_load(&g_ranges);
+	size_t n = old ? old->n : 0;
+	struct range_set *s = malloc(sizeof(*s) + (n + extra) * sizeof(s->e[0]));
+	if (!s)
+		return NULL;
+	s->n = n;
+	if (n)
+		memcpy(s->e, old->e, n * sizeof(s->e[0]));
+	return s;
+}
+
+static int cmp_ent(const void *a, const void *b)
+{
+	const struct range_ent *x = a, *y = b;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static void publish(struct range_set *s)
+{
+	qsort(s->e, s->n, sizeof(s->e[0]), cmp_ent);
+	struct range_set *old = atomic_exchange_explicit(&g_ranges, s, memory_order_acq_rel);
+	ebr_retire(old);
+}
+
+/* Cut h's intervals out of [start, end) in s; may add one (a split).
+ * s must have room for one more entry. */
+static void set_cut(struct range_set *s, struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	size_t n = s->n;
+	for (size_t i = 0; i < n; i++) {
+		struct range_ent *r = &s->e[i];
+		if (r->h != h || r->end <= start || r->start >= end)
+			continue;
+		if (r->start < start && r->end > end) {
+			struct range_ent tail = *r;
+			tail.start = end;
+			r->end = start;
+			s->e[s->n++] = tail;
+		} else if (r->start < start) {
+			r->end = start;
+		} else if (r->end > end) {
+			r->start = end;
+		} else {
+			r->start = r->end = 0; /* removed below */
+		}
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < s->n; i++)
+		if (s->e[i].start != s->e[i].end)
+			s->e[k++] = s->e[i];
+	s->n = k;
+}
+
+static int registry_insert(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	pthread_mutex_lock(&g_lock);
+	struct range_set *old = atomic_load(&g_ranges);
+	for (size_t i = 0; old && i < old->n; i++) {
+		if (old->e[i].start < end && old->e[i].end > start) {
+			pthread_mutex_unlock(&g_lock);
+			return -EEXIST;
+		}
+	}
+	struct range_set *s = set_dup(1);
+	if (!s) {
+		pthread_mutex_unlock(&g_lock);
+		return -ENOMEM;
+	}
+	s->e[s->n++] = (struct range_ent){ .start = start, .end = end, .h = h };
+	publish(s);
+	pthread_mutex_unlock(&g_lock);
+	return 0;
+}
+
+static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op, uintptr_t to)
+{
+	pthread_mutex_lock(&g_lock);
+	struct range_set *s = set_dup(3);
+	if (!s) {
+		pthread_mutex_unlock(&g_lock);
+		return; /* out of memory: the registry keeps the interval; faults there stay served */
+	}
+	if (op == 0) {                 /* forget */
+		set_cut(s, h, start, end);
+	} else if (op == 1 || op == 2) { /* set / clear dying on exactly [start, end) */
+		/* Split at the boundaries first so the flag covers only the interval. */
+		size_t n = s->n;
+		for (size_t i = 0; i < n; i++) {
+			struct range_ent *r = &s->e[i];
+			if (r->h != h || r->end <= start || r->start >= end)
+				continue;
+			if (r->start < start) {
+				struct range_ent head = *r;
+				head.end = start;
+				r->start = start;
+				s->e[s->n++] = head;
+			}
+			if (r->end > end) {
+				struct range_ent tail = *r;
+				tail.start = end;
+				r->end = end;
+				s->e[s->n++] = tail;
+			}
+			r->dying = op == 1;
+		}
+	} else {                       /* move [start,end) to `to` (mremap) */
+		size_t len = end - start;
+		if (op == 3)
+			set_cut(s, h, start, end);
+		set_cut(s, h, to, to + len);
+		s->e[s->n++] = (struct range_ent){ .start = to, .end = to + len, .h = h };
+	}
+	publish(s);
+	pthread_mutex_unlock(&g_lock);
+}
+
+void range_forget(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	registry_edit(h, start, end, 0, 0);
+}
+
+void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool keep_old)
+{
+	registry_edit(h, from, from + len, keep_old ? 4 : 3, to);
+}
+
+static void range_set_dying(struct uhmm *h, uintptr_t start, uintptr_t end, bool dying)
+{
+	registry_edit(h, start, end, dying ? 1 : 2, 0);
+}
+
+/* Wait until no migration to a device that could have missed the dying
+ * flag is still running (they hold fork_lock shared). */
+static void migrations_barrier(struct uhmm *h)
+{
+	pthread_rwlock_wrlock(&h->fork_lock);
+	pthread_rwlock_unlock(&h->fork_lock);
+}
+
+/* ---- adopting memory ---- */
+
+static int scan_present(uintptr_t addr, size_t len, struct uhmm *h)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	uint64_t buf[512];
+	int r = 0;
+	for (uintptr_t a = addr; a < addr + len;) {
+		size_t n = MIN((addr + len - a) >> PAGE_SHIFT, 512);
+		ssize_t got = pread(fd, buf, n * 8, (off_t)((a >> PAGE_SHIFT) * 8));
+		if (got != (ssize_t)(n * 8)) {
+			r = got < 0 ? -errno : -EIO;
+			break;
+		}
+		for (size_t i = 0; i < n; i++) {
+			/* present (bit 63) or swapped (bit 62): the page holds data */
+			if (!(buf[i] >> 62))
+				continue;
+			_Atomic uint64_t *e = ptable_entry(&h->pt, a + i * PAGE_SIZE, true);
+			if (!e) {
+				r = -ENOMEM;
+				break;
+			}
+			uint64_t zero = 0;
+			atomic_compare_exchange_strong(e, &zero, (uint64_t)UHMM_STATE_SYSTEM);
+		}
+		a += n * PAGE_SIZE;
+	}
+	close(fd);
+	return r;
+}
+
+static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
+{
+	int r = registry_insert(h, a, a + len);
+	if (r)
+		return r;
+	uint64_t ioctls = 0;
+	r = uffd_register(h->uffd, a, len, h->use_wp, &ioctls);
+	if (r) {
+		range_forget(h, a, a + len);
+		return r == -EBUSY ? -EEXIST : -EINVAL;
+	}
+	if (adopt) {
+		r = scan_present(a, len, h);
+		if (r) {
+			uffd_unregister(h->uffd, a, len);
+			range_forget(h, a, a + len);
+			return r;
+		}
+	}
+	if (h->mode == UHMM_FAULT_SIGBUS)
+		sigbus_install();
+	return 0;
+}
+
+UHMM_API int uhmm_range_add(struct uhmm *h, void *addr, size_t len)
+{
+	if (!h)
+		return -EINVAL;
+	int r = check_span(addr, len);
+	if (r)
+		return r;
+	uintptr_t a = (uintptr_t)addr;
+	/* Only private anonymous memory, fully mapped: userfaultfd would
+	 * accept shared memory, but migration semantics would be wrong there. */
+	struct vma_info v[64];
+	int n = maps_query(a, a + len, v, 64);
+	if (n < 0)
+		return n;
+	uintptr_t at = a;
+	for (int i = 0; i < n; i++) {
+		if (v[i].start > at || v[i].shared || !v[i].anon)
+			return -EINVAL;
+		at = v[i].end;
+	}
+	if (at < a + len)
+		return n == 64 ? -E2BIG : -EINVAL;
+	return manage(h, a, len, true);
+}
+
+UHMM_API int uhmm_alloc(struct uhmm *h, size_t len, void **out)
+{
+	if (!h || !out || len == 0 || !aligned(len))
+		return -EINVAL;
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	int r = manage(h, (uintptr_t)p, len, false);
+	if (r) {
+		munmap(p, len);
+		return r;
+	}
+	*out = p;
+	return 0;
+}
+
+/* Reset entries of [start, end) to "unknown, never populated", freeing
+ * device pages (free) — callers brought data home first unless freeing. */
+struct reset_arg {
+	struct uhmm *h;
+};
+
+static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
+{
+	struct reset_arg *ra = arg;
+	(void)addr;
+	if (atomic_load(e) == 0)
+		return 0;
+	uint64_t v = pte_lock(e);
+	if (pte_state(v) == UHMM_STATE_DEVICE)
+		dpage_put(pte_dpage(v));
+	page_unlock(ra->h, e, 0);
+	return 0;
+}
+
+UHMM_API int uhmm_range_remove(struct uhmm *h, void *addr, size_t len)
+{
+	if (!h)
+		return -EINVAL;
+	int r = check_span(addr, len);
+	if (r)
+		return r;
+	uintptr_t a = (uintptr_t)addr, e = a + len;
+	if (!range_covered(h, a, e, false))
+		return -ENOENT;
+	range_set_dying(h, a, e, true);
+	migrations_barrier(h);
+	r = migrate_range_home(h, a, e, NULL);
+	if (r) {
+		range_set_dying(h, a, e, false);
+		return r;
+	}
+	mirror_invalidate(h, a, e, UHMM_EVENT_RANGE_REMOVE, NULL);
+	uffd_unregister(h->uffd, a, len);
+	range_forget(h, a, e);
+	struct reset_arg ra = { h };
+	ptable_walk(&h->pt, a, e, reset_one, &ra);
+	return 0;
+}
+
+UHMM_API int uhmm_free(struct uhmm *h, void *addr, size_t len)
+{
+	if (!h)
+		return -EINVAL;
+	int r = check_span(addr, len);
+	if (r)
+		return r;
+	uintptr_t a = (uintptr_t)addr, e = a + len;
+	if (!range_covered(h, a, e, false))
+		return -EINVAL;
+	range_set_dying(h, a, e, true);
+	migrations_barrier(h);
+	mirror_invalidate(h, a, e, UHMM_EVENT_UNMAP, NULL);
+	uffd_unregister(h->uffd, a, len);
+	range_forget(h, a, e);
+	struct reset_arg ra = { h };
+	ptable_walk(&h->pt, a, e, reset_one, &ra);
+	munmap(addr, len);
+	return 0;
+}
+
+/* Close: every range of h comes home and is unregistered. */
+int range_remove_locked_all(struct uhmm *h)
+{
+	struct range_ent *v;
+	long n = range_list(h, &v);
+	if (n < 0)
+		return (int)n;
+	int rc = 0;
+	for (long i = 0; i < n; i++) {
+		int r = uhmm_range_remove(h, (void *)v[i].start, v[i].end - v[i].start);
+		if (r && !rc)
+			rc = r;
+	}
+	free(v);
+	return rc;
+}

@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The service thread: reads the context's userfaultfd.
+ *
+ * It serves page faults in THREAD mode and kernel events in every mode
+ * (UNMAP, REMOVE, REMAP block the thread that caused them until read, so
+ * this thread must always be reading: it never sleeps on a page lock, it
+ * defers the fault and retries when the page is unlocked).
+ *
+ * A cross-vCPU wake-up costs ~100 µs on our VMs, more than resolving a
+ * fault, so after each message the thread keeps polling for spin_us before
+ * it sleeps in poll(2): a stream of faults is served without wake-ups.
+ */
+#include "internal.h"
+
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MSG_BATCH 64
+
+struct deferred {
+	uintptr_t addr;
+	unsigned flags;
+	uint32_t ptid;
+};
+
+struct svc {
+	struct uhmm *h;
+	struct deferred *q;
+	size_t n, cap;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+void service_kick(struct uhmm *h)
+{
+	uint64_t one = 1;
+	ssize_t r = write(h->wake_fd, &one, sizeof(one));
+	(void)r;
+}
+
+/* The access must fail: make the faulting thread take SIGBUS. */
+static void fail_access(struct uhmm *h, uintptr_t addr, uint32_t ptid)
+{
+	uintptr_t page = addr & ~PAGE_MASK;
+	unsigned tok = ebr_enter();
+	_Atomic uint64_t *e = ptable_entry(&h->pt, page, false);
+	bool poisoned = e && pte_state(atomic_load(e)) == UHMM_STATE_POISONED;
+	ebr_exit(tok);
+	/* A poison marker makes every later access fail in the kernel; but a
+	 * page whose data is still on the device must stay movable back, so
+	 * there the thread is signalled directly. */
+	if (poisoned && h->have_poison && uffd_poison(h->uffd, page, PAGE_SIZE) == 0)
+		return;
+	if (ptid)
+		syscall(SYS_tgkill, getpid(), (pid_t)ptid, SIGBUS);
+	uffd_wake(h->uffd, page, PAGE_SIZE);
+}
+
+/* 0 done, -EAGAIN retry later. */
+static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t ptid)
+{
+	struct range_ent r;
+	unsigned tok = ebr_enter();
+	int rc;
+	if (!range_lookup(addr, &r) || r.h != h) {
+		ebr_exit(tok);
+		/* Not (or no longer) managed: a registered pool slot touched by
+		 * mistake, or a range being torn down; never leave it hanging. */
+		size_t done;
+		if (uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done) == -EEXIST)
+			uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);
+		return 0;
+	}
+	rc = fault_resolve(h, &r, addr, flags | FAULT_SERVICE);
+	ebr_exit(tok);
+	if (rc == -EFAULT) {
+		fail_access(h, addr, ptid);
+		return 0;
+	}
+	return rc;
+}
+
+static void defer(struct svc *s, uintptr_t addr, unsigned flags, uint32_t ptid)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if ((s->q[i].addr & ~PAGE_MASK) == (addr & ~PAGE_MASK))
+			return; /* the wake-up of one resolution wakes every waiter of the page */
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 64;
+		struct deferred *q = realloc(s->q, cap * sizeof(*q));
+		if (!q)
+			return; /* the faulting thread re-faults after any wake-up */
+		s->q = q;
+		s->cap = cap;
+	}
+	s->q[s->n++] = (struct deferred){ addr, flags, ptid };
+	atomic_fetch_add(&s->h->waiting, 1);
+	stat_add(s->h, ST_DEFERRED, 1);
+}
+
+static void retry_deferred(struct svc *s)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < s->n; i++) {
+		struct deferred d = s->q[i];
+		if (serve_fault(s->h, d.addr, d.flags, d.ptid) == -EAGAIN)
+			s->q[k++] = d;
+		else
+			atomic_fetch_sub(&s->h->waiting, 1);
+	}
+	s->n = k;
+}
+
+static void handle(struct svc *s, const struct uffd_msg *m)
+{
+	struct uhmm *h = s->h;
+	switch (m->event) {
+	case UFFD_EVENT_PAGEFAULT: {
+		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? FAULT_WRITE : 0;
+		uint32_t ptid = m->arg.pagefault.feat.ptid;
+		if (serve_fault(h, m->arg.pagefault.address, flags, ptid) == -EAGAIN)
+			defer(s, m->arg.pagefault.address, flags, ptid);
+		break;
+	}
+	case UFFD_EVENT_REMOVE: {
+		uintptr_t st = m->arg.remove.start, en = m->arg.remove.end;
+		stat_add(h, ST_EVENTS, 1);
+		if (st == atomic_load(&h->selfremove_start) && en == atomic_load(&h->selfremove_end))
+			break; /* our own copy-fallback discard */
+		discard_range(h, st, en, UHMM_EVENT_DISCARD);
+		break;
+	}
+	case UFFD_EVENT_UNMAP:
+		stat_add(h, ST_EVENTS, 1);
+		discard_range(h, m->arg.remove.start, m->arg.remove.end, UHMM_EVENT_UNMAP);
+		range_forget(h, m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_REMAP:
+		stat_add(h, ST_EVENTS, 1);
+		remap_range(h, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		break;
+	default:
+		break;
+	}
+}
+
+static void *service_main(void *arg)
+{
+	struct uhmm *h = arg;
+	struct svc s = { .h = h };
+	struct uffd_msg msgs[MSG_BATCH];
+	uint64_t spin_ns = (uint64_t)h->spin_us * 1000, last = now_ns();
+	bool spin = h->mode == UHMM_FAULT_THREAD && h->spin_us > 1;
+
+	for (;;) {
+		ssize_t n = read(h->uffd, msgs, sizeof(msgs));
+		if (n > 0) {
+			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+				handle(&s, &msgs[i]);
+			if (s.n)
+				retry_deferred(&s);
+			last = now_ns();
+			continue;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			break;
+		if (s.n)
+			retry_deferred(&s);
+		if (atomic_load(&h->stopping) && s.n == 0)
+			break;
+		if (spin && now_ns() - last < spin_ns) {
+			for (int i = 0; i < 32; i++)
+				cpu_relax();
+			continue;
+		}
+		struct pollfd pf[2] = { { h->uffd, POLLIN, 0 }, { h->wake_fd, POLLIN, 0 } };
+		int pr = poll(pf, 2, s.n ? 1 : -1);
+		if (pr > 0 && (pf[1].revents & POLLIN)) {
+			uint64_t v;
+			ssize_t rr = read(h->wake_fd, &v, sizeof(v));
+			(void)rr;
+		}
+		if (pr > 0 && (pf[0].revents & POLLIN))
+			last = now_ns();
+	}
+	free(s.q);
+	return NULL;
+}
+
+int service_start(struct uhmm *h)
+{
+	h->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (h->wake_fd < 0)
+		return -errno;
+	/* Application signals are not for this thread. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int r = pthread_create(&h->service, NULL, service_main, h);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r) {
+		close(h->wake_fd);
+		return -r;
+	}
+	h->service_running = true;
+	return 0;
+}
+
+void service_stop(struct uhmm *h)
+{
+	if (!h->service_running)
+		return;
+	atomic_store(&h->stopping, true);
+	service_kick(h);
+	pthread_join(h->service, NULL);
+	h->service_running = false;
+	close(h->wake_fd);
+}

@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * SIGBUS mode: with UFFD_FEATURE_SIGBUS the kernel raises SIGBUS in the
+ * thread that touched a missing page of a managed range, instead of queueing
+ * a message.  That thread resolves its own fault here — no cross-thread
+ * wake-up — and returns to retry the access.
+ *
+ * Signal safety: this handler takes page locks (futex), a device's mirror
+ * lock and the page-table arena lock, never malloc.  It is safe because
+ * uhmm never touches managed memory while holding any of those (see
+ * internal.h), so the interrupted code cannot hold them.
+ *
+ * Addresses uhmm does not manage (and faults it must fail, e.g. poisoned
+ * pages) are passed to the handler that was installed before ours, or get
+ * the default action.
+ */
+#include "internal.h"
+
+#include <signal.h>
+#include <string.h>
+#include <ucontext.h>
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction g_prev;
+static int g_users;
+
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+	struct sigaction prev = g_prev;
+	if (prev.sa_flags & SA_SIGINFO) {
+		if (prev.sa_sigaction) {
+			prev.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+		prev.sa_handler(sig);
+		return;
+	}
+	/* Default (or ignored, which the kernel does not honour for a fault):
+	 * restore the default action; the access faults again and the
+	 * process ends with SIGBUS as it would without uhmm. */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigaction(SIGBUS, &dfl, NULL);
+}
+
+static bool is_write(void *ucv)
+{
+#if defined(__x86_64__)
+	ucontext_t *uc = ucv;
+	return uc && (uc->uc_mcontext.gregs[REG_ERR] & 2);
+#else
+	(void)ucv;
+	return false; /* a read fill is still correct: a write re-faults (CoW) */
+#endif
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno;
+	if (si->si_code != BUS_ADRERR) {
+		chain(sig, si, uc);
+		errno = saved;
+		return;
+	}
+	uintptr_t addr = (uintptr_t)si->si_addr;
+	struct range_ent r;
+	unsigned tok = ebr_enter();
+	int rc = -ENOENT;
+	if (range_lookup(addr, &r) && r.h->mode == UHMM_FAULT_SIGBUS) {
+		do
+			rc = fault_resolve(r.h, &r, addr, is_write(uc) ? FAULT_WRITE : 0);
+		while (rc == -EAGAIN);
+	}
+	ebr_exit(tok);
+	if (rc)
+		chain(sig, si, uc);
+	errno = saved;
+}
+
+/* Install (or put back first in line) our handler; counts users once per
+ * context via sigbus_install at open and sigbus_release at close; later
+ * calls only re-install if someone replaced it. */
+static int install_locked(void)
+{
+	struct sigaction cur;
+	if (sigaction(SIGBUS, NULL, &cur))
+		return -errno;
+	if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus)
+		return 0;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, &g_prev))
+		return -errno;
+	return 0;
+}
+
+int sigbus_install(void)
+{
+	pthread_mutex_lock(&g_lock);
+	int r = install_locked();
+	pthread_mutex_unlock(&g_lock);
+	return r;
+}
+
+int sigbus_acquire(void)
+{
+	pthread_mutex_lock(&g_lock);
+	int r = install_locked();
+	if (!r)
+		g_users++;
+	pthread_mutex_unlock(&g_lock);
+	return r;
+}
+
+void sigbus_release(void)
+{
+	pthread_mutex_lock(&g_lock);
+	if (g_users > 0 && --g_users == 0) {
+		struct sigaction cur;
+		if (!sigaction(SIGBUS, NULL, &cur) && (cur.sa_flags & SA_SIGINFO) &&
+		    cur.sa_sigaction == on_sigbus)
+			sigaction(SIGBUS, &g_prev, NULL);
+	}
+	pthread_mutex_unlock(&g_lock);
+}

@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Thin userfaultfd layer: opening with the best access this process has,
+ * feature negotiation, and ioctl wrappers that finish partial operations.
+ *
+ * Debian 12 ships 6.1 UAPI headers: UFFDIO_MOVE, UFFDIO_POISON and their
+ * feature bits are defined here when missing and probed at run time.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef _UFFDIO_MOVE
+#define _UFFDIO_MOVE 0x05
+struct uffdio_move {
+	__u64 dst;
+	__u64 src;
+	__u64 len;
+	__u64 mode;
+	__s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+#ifndef _UFFDIO_POISON
+#define _UFFDIO_POISON 0x08
+struct uffdio_poison {
+	struct uffdio_range range;
+	__u64 mode;
+	__s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+static int xioctl(int fd, unsigned long req, void *arg)
+{
+	return ioctl(fd, req, arg) < 0 ? -errno : 0;
+}
+
+void uffd_open_best(struct uffd_probe *p, int flags)
+{
+	memset(p, 0, sizeof(*p));
+	p->fd = (int)syscall(SYS_userfaultfd, flags);
+	if (p->fd >= 0) {
+		p->kernel_faults = true;
+		snprintf(p->how, sizeof(p->how), "userfaultfd(2), kernel-mode faults allowed%s",
+		         geteuid() == 0 ? " (root)" : "");
+		return;
+	}
+	int first = errno;
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev >= 0) {
+		p->fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+		int e = errno;
+		close(dev);
+		if (p->fd >= 0) {
+			p->kernel_faults = true;
+			p->via_dev = true;
+			snprintf(p->how, sizeof(p->how), "/dev/userfaultfd, kernel-mode faults allowed");
+			return;
+		}
+		(void)e;
+	}
+	p->fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
+	if (p->fd >= 0) {
+		snprintf(p->how, sizeof(p->how),
+		         "userfaultfd(2) with UFFD_USER_MODE_ONLY: faults inside syscalls are not served");
+		return;
+	}
+	p->err = errno == EINVAL ? first : errno;
+	snprintf(p->how, sizeof(p->how), "unavailable: %s", strerror(p->err));
+}
+
+int uffd_api(int fd, uint64_t want, uint64_t *got)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = want };
+	int r = xioctl(fd, UFFDIO_API, &api);
+	if (got)
+		*got = r ? 0 : api.features;
+	return r;
+}
+
+int uffd_register(int fd, uintptr_t start, size_t len, bool wp, uint64_t *ioctls)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING | (wp ? UFFDIO_REGISTER_MODE_WP : 0),
+	};
+	int r = xioctl(fd, UFFDIO_REGISTER, &reg);
+	if (ioctls)
+		*ioctls = r ? 0 : reg.ioctls;
+	return r;
+}
+
+int uffd_unregister(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_range range = { .start = start, .len = len };
+	return xioctl(fd, UFFDIO_UNREGISTER, &range);
+}
+
+/* The kernel may stop early (EAGAIN when the mm is changing, or a
+ * fatal-signal check); continue from where it stopped. */
+int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
+{
+	size_t off = 0;
+	int r = 0;
+	while (off < len) {
+		struct uffdio_zeropage z = { .range = { .start = dst + off, .len = len - off } };
+		r = xioctl(fd, UFFDIO_ZEROPAGE, &z);
+		if (z.zeropage > 0)
+			off += (size_t)z.zeropage;
+		if (r == -EAGAIN)
+			continue;
+		if (r)
+			break;
+	}
+	if (done)
+		*done = off;
+	return off == len ? 0 : (r ? r : -EIO);
+}
+
+int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done)
+{
+	size_t off = 0;
+	int r = 0;
+	while (off < len) {
+		struct uffdio_copy c = {
+			.dst = dst + off, .src = (uintptr_t)src + off, .len = len - off,
+			.mode = wp ? UFFDIO_COPY_MODE_WP : 0,
+		};
+		r = xioctl(fd, UFFDIO_COPY, &c);
+		if (c.copy > 0)
+			off += (size_t)c.copy;
+		if (r == -EAGAIN)
+			continue;
+		if (r)
+			break;
+	}
+	if (done)
+		*done = off;
+	return off == len ? 0 : (r ? r : -EIO);
+}
+
+int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
+{
+	size_t off = 0;
+	int r = 0, again = 0;
+	while (off < len) {
+		struct uffdio_move m = { .dst = dst + off, .src = src + off, .len = len - off };
+		r = xioctl(fd, UFFDIO_MOVE, &m);
+		if (m.move > 0)
+			off += (size_t)m.move;
+		/* EAGAIN: a page under kernel migration or a racing fault;
+		 * EBUSY from a transiently pinned/locked folio is retried too,
+		 * but shared (COW) pages stay EBUSY: give up after a few. */
+		if ((r == -EAGAIN || r == -EBUSY) && ++again < 8 && !(r == -EBUSY && again > 2))
+			continue;
+		if (r)
+			break;
+	}
+	if (done)
+		*done = off;
+	return off == len ? 0 : (r ? r : -EIO);
+}
+
+int uffd_wp(int fd, uintptr_t start, size_t len, bool protect)
+{
+	struct uffdio_writeprotect w = {
+		.range = { .start = start, .len = len },
+		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	int r;
+	do
+		r = xioctl(fd, UFFDIO_WRITEPROTECT, &w);
+	while (r == -EAGAIN);
+	return r;
+}
+
+int uffd_wake(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_range range = { .start = start, .len = len };
+	return xioctl(fd, UFFDIO_WAKE, &range);
+}
+
+int uffd_poison(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_poison p = { .range = { .start = start, .len = len } };
+	int r;
+	do
+		r = xioctl(fd, UFFDIO_POISON, &p);
+	while (r == -EAGAIN);
+	return r;
+}
