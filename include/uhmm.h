@@ -392,8 +392,8 @@ struct uhmm_range_entry {
  * device are brought back to system memory; pages local to this device are
  * left in place.  A page outside managed memory is reported from the
  * process's mappings (VALID/WRITE or ERROR); see README "Device access to
- * unmanaged memory".  Counts one device fault round when it populated or
- * migrated anything.  Fails: -EINVAL bad arguments; -EFAULT with
+ * unmanaged memory".  Each call with READ or WRITE counts one device fault
+ * round.  Fails: -EINVAL bad arguments; -EFAULT with
  * READ/WRITE a page has no access (PROT_NONE, unmapped); -EPERM with WRITE a
  * page is read-only.  Entries are valid for that call's sequence only.
  */

@@ -128,6 +128,7 @@ int device_lose(struct uhmm_device *d)
 			if (h->have_poison && h->mode == UHMM_FAULT_THREAD)
 				uffd_poison(h->uffd, va, PAGE_SIZE);
 			page_unlock(h, e, UHMM_STATE_POISONED);
+			wake_range(h, va, PAGE_SIZE);
 		}
 	}
 	return 0;

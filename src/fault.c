@@ -88,6 +88,7 @@ static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
 	if (rc)
 		return rc == -ENOMEM ? -EAGAIN : -EFAULT;
 	stat_add(h, ST_CPU_FAULTS, 1);
+	wake_range(h, first, last - first);
 	return 0;
 }
 
@@ -116,11 +117,13 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 	}
 	migrate_to_system(h, p, n, NULL);
 	int rc = p[me].err;
+	if (!rc)
+		stat_add(h, ST_CPU_FAULTS, 1);
 	for (size_t i = 0; i < n; i++)
 		mpage_unlock(h, &p[i]);
 	if (rc)
 		return -EFAULT; /* the device could not give it back: SIGBUS, data stays */
-	stat_add(h, ST_CPU_FAULTS, 1);
+	wake_range(h, lo, hi - lo);
 	return 0;
 }
 
@@ -153,11 +156,11 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 	if (rc == -EEXIST) {
 		if (h->use_wp)
 			uffd_wp(h->uffd, page, PAGE_SIZE, false);
-		uffd_wake(h->uffd, page, PAGE_SIZE);
 		rc = 0;
 	} else if (!rc) {
 		v |= PTE_ZERO;
 	}
 	page_unlock(h, e, v);
+	wake_range(h, page, PAGE_SIZE);
 	return rc ? -EAGAIN : 0;
 }

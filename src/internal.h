@@ -251,6 +251,8 @@ int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
 int uffd_wp(int fd, uintptr_t start, size_t len, bool protect);
 int uffd_wake(int fd, uintptr_t start, size_t len);
 int uffd_poison(int fd, uintptr_t start, size_t len);
+/* Wake threads blocked on [start, start+len) (THREAD mode; no-op otherwise). */
+void wake_range(struct uhmm *h, uintptr_t start, size_t len);
 
 /* ------------------------------------------------------------------------
  * /proc/self access (procmem.c): reads and writes that fail instead of

@@ -338,6 +338,8 @@ static void home_flush(struct home_arg *ha)
 			ha->failed++;
 		mpage_unlock(h, &p[i]);
 	}
+	if (k)
+		wake_range(h, p[0].addr, p[k - 1].addr + PAGE_SIZE - p[0].addr);
 	ha->n = 0;
 }
 
@@ -387,6 +389,7 @@ int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp)
 	struct mpage p = { .addr = va, .e = e, .old = v };
 	migrate_to_system(h, &p, 1, NULL);
 	mpage_unlock(h, &p);
+	wake_range(h, va, PAGE_SIZE);
 	return p.err;
 }
 
@@ -469,6 +472,8 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 				migrated++;
 			mpage_unlock(h, &p[i]);
 		}
+		if (!to && n)
+			wake_range(h, b, be - b);
 	}
 	stat_add(h, ST_SKIPPED, skipped);
 out:

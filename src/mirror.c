@@ -118,6 +118,7 @@ static int fault_none_run(struct rf *f, uintptr_t a, size_t n, size_t *done)
 	uint64_t nv = r ? 0 : (UHMM_STATE_SYSTEM | (write ? 0 : PTE_ZERO));
 	for (size_t i = 0; i < k; i++)
 		page_unlock(h, ents[i], nv);
+	wake_range(h, a, k * PAGE_SIZE);
 	f->did = true;
 	return r ? -EFAULT : 0;
 }
@@ -137,6 +138,7 @@ static int fault_remote(struct rf *f, uintptr_t a)
 	struct mpage p = { .addr = a, .e = e, .old = v };
 	migrate_to_system(h, &p, 1, f->m->dev);
 	mpage_unlock(h, &p);
+	wake_range(h, a, PAGE_SIZE);
 	f->did = true;
 	return p.err ? -EFAULT : 0;
 }
@@ -218,7 +220,11 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 					/* The device will write: no longer the zero page. */
 					atomic_fetch_and(e, ~PTE_ZERO);
 				} else if (page_is_zero(pa) == 1) {
-					ent->flags |= UHMM_ENTRY_ZERO;
+					/* Like the CPU's zero-page PTE: read-only, so a
+					 * device write faults (and sees the protection). */
+					ent->flags = UHMM_ENTRY_VALID | UHMM_ENTRY_ZERO;
+				} else {
+					atomic_fetch_and(e, ~PTE_ZERO); /* written since: stale hint */
 				}
 			}
 			i++;

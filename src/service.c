@@ -89,8 +89,8 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 		/* Not (or no longer) managed: a registered pool slot touched by
 		 * mistake, or a range being torn down; never leave it hanging. */
 		size_t done;
-		if (uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done) == -EEXIST)
-			uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);
+		uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done);
+		uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);
 		return 0;
 	}
 	rc = fault_resolve(h, &r, addr, flags | FAULT_SERVICE);

@@ -3,6 +3,10 @@
  * Thin userfaultfd layer: opening with the best access this process has,
  * feature negotiation, and ioctl wrappers that finish partial operations.
  *
+ * Operations that install pages never wake waiters themselves: the caller
+ * publishes the page's new state first and then wakes (wake_range), so a
+ * woken thread finds its page's state and the counters already updated.
+ *
  * Debian 12 ships 6.1 UAPI headers: UFFDIO_MOVE, UFFDIO_POISON and their
  * feature bits are defined here when missing and probed at run time.
  */
@@ -113,7 +117,8 @@ int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
 	size_t off = 0;
 	int r = 0;
 	while (off < len) {
-		struct uffdio_zeropage z = { .range = { .start = dst + off, .len = len - off } };
+		struct uffdio_zeropage z = { .range = { .start = dst + off, .len = len - off },
+		                             .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE };
 		r = xioctl(fd, UFFDIO_ZEROPAGE, &z);
 		if (z.zeropage > 0)
 			off += (size_t)z.zeropage;
@@ -134,7 +139,7 @@ int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_
 	while (off < len) {
 		struct uffdio_copy c = {
 			.dst = dst + off, .src = (uintptr_t)src + off, .len = len - off,
-			.mode = wp ? UFFDIO_COPY_MODE_WP : 0,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0),
 		};
 		r = xioctl(fd, UFFDIO_COPY, &c);
 		if (c.copy > 0)
@@ -154,7 +159,8 @@ int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
 	size_t off = 0;
 	int r = 0, again = 0;
 	while (off < len) {
-		struct uffdio_move m = { .dst = dst + off, .src = src + off, .len = len - off };
+		struct uffdio_move m = { .dst = dst + off, .src = src + off, .len = len - off,
+		                         .mode = 1 /* UFFDIO_MOVE_MODE_DONTWAKE */ };
 		r = xioctl(fd, UFFDIO_MOVE, &m);
 		if (m.move > 0)
 			off += (size_t)m.move;
@@ -198,4 +204,11 @@ int uffd_poison(int fd, uintptr_t start, size_t len)
 		r = xioctl(fd, UFFDIO_POISON, &p);
 	while (r == -EAGAIN);
 	return r;
+}
+
+void wake_range(struct uhmm *h, uintptr_t start, size_t len)
+{
+	/* In SIGBUS mode nobody sleeps in the kernel on a managed page. */
+	if (h->mode == UHMM_FAULT_THREAD && len)
+		uffd_wake(h->uffd, start, len);
 }

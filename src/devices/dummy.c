@@ -23,6 +23,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -159,6 +160,17 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 		return -EINVAL;
 	if (atomic_load(&d->fail) & UHMM_DUMMY_LOST)
 		return -ENODEV;
+	/* mprotect is not reported by userfaultfd: check the protection the
+	 * process has now, so a cached device mapping never outlives it. */
+	struct prot_cache pc;
+	prot_cache_init(&pc, a, a + npages * PAGE_SIZE);
+	for (size_t i = 0; i < npages; i++) {
+		int prot = prot_at(&pc, a + i * PAGE_SIZE);
+		if (prot < 0 || !(prot & PROT_READ))
+			return -EFAULT;
+		if (write && !(prot & PROT_WRITE))
+			return -EPERM;
+	}
 	uint64_t faults = 0, copied = 0;
 	int rc = 0;
 	unsigned stale = 0;
