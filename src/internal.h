@@ -306,6 +306,7 @@ struct uhmm {
 	int wake_fd;              /* eventfd: stop / page unlocked */
 	_Atomic bool stopping;
 	_Atomic long waiting;     /* deferred faults in the service thread */
+	_Atomic uint64_t svc_seq; /* odd while the service thread handles a batch */
 
 	pthread_mutex_t dev_lock;
 	struct uhmm_device *_Atomic devices[MAX_DEVICES];

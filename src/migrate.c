@@ -20,6 +20,7 @@
  */
 #include "internal.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -111,13 +112,19 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 /* ---- system → device ---- */
 
 /* Our own MADV_DONTNEED: the REMOVE event it raises is ours, not the
- * application's (service.c compares the interval). */
+ * application's (service.c compares the interval).  madvise returns as
+ * soon as the service thread *read* the event, so the marker stays until
+ * the batch that read it was handled. */
 static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 {
 	pthread_mutex_lock(&h->selfremove_lock);
 	atomic_store(&h->selfremove_start, start);
 	atomic_store(&h->selfremove_end, start + len);
 	madvise((void *)start, len, MADV_DONTNEED);
+	uint64_t seq = atomic_load(&h->svc_seq);
+	if (seq & 1)
+		while (atomic_load(&h->svc_seq) == seq)
+			sched_yield();
 	atomic_store(&h->selfremove_start, 0);
 	atomic_store(&h->selfremove_end, 0);
 	pthread_mutex_unlock(&h->selfremove_lock);

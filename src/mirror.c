@@ -191,6 +191,13 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 		}
 		_Atomic uint64_t *e = ptable_entry(&h->pt, pa, false);
 		uint64_t v = e ? atomic_load(e) : 0;
+		if (fault && (v & PTE_BUSY)) {
+			/* Being migrated: its old state is about to be wrong, and
+			 * the invalidation may already be behind our sequence.
+			 * Wait for the migration, like a CPU fault would. */
+			page_unlock(h, e, pte_lock(e));
+			continue;
+		}
 		switch (pte_state(v)) {
 		case UHMM_STATE_NONE: {
 			if (!fault) {

@@ -120,15 +120,26 @@ static void defer(struct svc *s, uintptr_t addr, unsigned flags, uint32_t ptid)
 	stat_add(s->h, ST_DEFERRED, 1);
 }
 
+/*
+ * A deferred fault is never resolved later: by then the page may have been
+ * served and migrated again, and resolving a stale message would pull it
+ * back for nobody.  Once the page is unlocked, wake its waiters instead: a
+ * thread whose page is still missing faults again and sends a fresh message.
+ */
 static void retry_deferred(struct svc *s)
 {
+	struct uhmm *h = s->h;
 	size_t k = 0;
 	for (size_t i = 0; i < s->n; i++) {
 		struct deferred d = s->q[i];
-		if (serve_fault(s->h, d.addr, d.flags, d.ptid) == -EAGAIN)
+		uintptr_t page = d.addr & ~PAGE_MASK;
+		_Atomic uint64_t *e = ptable_entry(&h->pt, page, false);
+		if (e && (atomic_load(e) & PTE_BUSY)) {
 			s->q[k++] = d;
-		else
-			atomic_fetch_sub(&s->h->waiting, 1);
+			continue;
+		}
+		uffd_wake(h->uffd, page, PAGE_SIZE);
+		atomic_fetch_sub(&h->waiting, 1);
 	}
 	s->n = k;
 }
@@ -147,8 +158,11 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	case UFFD_EVENT_REMOVE: {
 		uintptr_t st = m->arg.remove.start, en = m->arg.remove.end;
 		stat_add(h, ST_EVENTS, 1);
-		if (st == atomic_load(&h->selfremove_start) && en == atomic_load(&h->selfremove_end))
-			break; /* our own copy-fallback discard */
+		/* Our own copy-fallback discard (maybe split per VMA); the
+		 * discarding thread keeps the marker until this batch is
+		 * handled (see self_discard). */
+		if (st >= atomic_load(&h->selfremove_start) && en <= atomic_load(&h->selfremove_end))
+			break;
 		discard_range(h, st, en, UHMM_EVENT_DISCARD);
 		break;
 	}
@@ -175,15 +189,20 @@ static void *service_main(void *arg)
 	bool spin = h->mode == UHMM_FAULT_THREAD && h->spin_us > 1;
 
 	for (;;) {
+		/* Odd while a batch is read and handled: reading an event lets
+		 * the thread that caused it go on before we handled it. */
+		atomic_fetch_add(&h->svc_seq, 1);
 		ssize_t n = read(h->uffd, msgs, sizeof(msgs));
 		if (n > 0) {
 			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
 				handle(&s, &msgs[i]);
+			atomic_fetch_add(&h->svc_seq, 1);
 			if (s.n)
 				retry_deferred(&s);
 			last = now_ns();
 			continue;
 		}
+		atomic_fetch_add(&h->svc_seq, 1);
 		if (n < 0 && errno != EAGAIN && errno != EINTR)
 			break;
 		if (s.n)
