@@ -339,8 +339,12 @@ struct uhmm_mirror_ops {
 	 * [start, end) is about to change: drop every device mapping of it.
 	 * Called before the change becomes visible, with no uhmm lock held
 	 * that uhmm_range_fault could need; may run on any thread (see the
-	 * callback rules on struct uhmm_device_ops).  Migrations initiated by
-	 * this mirror's own device are not reported back to it.
+	 * callback rules on struct uhmm_device_ops).  A migration that this
+	 * mirror's own device initiated from its device fault (uhmm_range_fault
+	 * bringing another device's page home) is not reported back to it;
+	 * every other change is, uhmm_migrate to this device included (its
+	 * system-memory mappings of those pages go stale).  May be NULL: the
+	 * sequence still advances, for a device that only uses read_retry.
 	 */
 	void (*invalidate)(struct uhmm_mirror *m, uintptr_t start, uintptr_t end,
 	                   enum uhmm_event ev);

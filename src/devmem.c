@@ -193,8 +193,12 @@ static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags,
 		madvise(m->host, size, MADV_DONTFORK);
 		madvise(m->host, size, MADV_NOHUGEPAGE);
 		if (h->use_move) {
-			if (uffd_register(h->uffd, (uintptr_t)m->host, size, false, NULL))
+			if (pool_register(h, (uintptr_t)m->host, (uintptr_t)m->host + size))
 				goto fail;
+			if (uffd_register(h->uffd, (uintptr_t)m->host, size, false, NULL)) {
+				pool_forget(h, (uintptr_t)m->host, (uintptr_t)m->host + size);
+				goto fail;
+			}
 			m->host_registered = true;
 		}
 	}
@@ -207,8 +211,10 @@ static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags,
 	*out = m;
 	return 0;
 fail:
-	if (m->host_registered)
+	if (m->host_registered) {
 		uffd_unregister(h->uffd, (uintptr_t)m->host, size);
+		pool_forget(h, (uintptr_t)m->host, (uintptr_t)m->host + size);
+	}
 	if (m->host)
 		munmap(m->host, size);
 	if (m->pages != MAP_FAILED && m->pages)
@@ -272,8 +278,10 @@ void devmem_destroy(struct uhmm_devmem *m)
 	struct uhmm *h = m->dev->h;
 	size_t size = m->npages * PAGE_SIZE;
 	if (m->host) {
-		if (m->host_registered)
+		if (m->host_registered) {
 			uffd_unregister(h->uffd, (uintptr_t)m->host, size);
+			pool_forget(h, (uintptr_t)m->host, (uintptr_t)m->host + size);
+		}
 		munmap(m->host, size);
 	}
 	atomic_store(&g_mems[m->id], NULL);

@@ -203,7 +203,10 @@ struct range_ent {
 	uintptr_t start, end;
 	struct uhmm *h;
 	bool dying; /* range_remove in progress: no migration to a device */
+	bool pool;  /* a HOST_BACKED device pool registered with h's uffd, not managed memory */
 };
+/* Managed memory of h (not a pool) at addr?  Call inside ebr_enter/exit. */
+static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct range_ent *r);
 /* Find the range holding addr; call inside ebr_enter/exit. */
 bool range_lookup(uintptr_t addr, struct range_ent *out);
 /* Is [start, end) entirely managed by h (several adjacent ranges allowed)? */
@@ -214,6 +217,12 @@ void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool k
 /* Copy out h's intervals (malloc'ed array); returns count or -ENOMEM. */
 long range_list(struct uhmm *h, struct range_ent **out);
 int range_remove_locked_all(struct uhmm *h);
+int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end);
+void pool_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
+static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct range_ent *r)
+{
+	return range_lookup(addr, r) && r->h == h && !r->pool;
+}
 
 /* ------------------------------------------------------------------------
  * userfaultfd wrappers (uffd.c).  All return 0 or -errno; partial results

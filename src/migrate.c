@@ -177,11 +177,16 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	}
 	if (m->host_registered) {
 		size_t done;
-		r = uffd_copy(h->uffd, (uintptr_t)dpage_host(m, p[0].dp), buf, len, false, &done);
-		if (r) {
-			/* Nothing half done: drop what was copied in with the pages. */
-			goto undo;
+		char *slots = dpage_host(m, p[0].dp);
+		r = uffd_copy(h->uffd, (uintptr_t)slots, buf, len, false, &done);
+		if (r == -EEXIST) {
+			/* A slot the device touched while free is mapped (zeros):
+			 * plain stores are safe, a pool fault needs no page lock. */
+			memcpy(slots + done, buf + done, len - done);
+			r = 0;
 		}
+		if (r)
+			goto undo; /* the pages stay; the slots are emptied on reuse */
 	} else if (!m->host) {
 		size_t idx[BATCH_PAGES];
 		for (size_t i = 0; i < k; i++)

@@ -21,7 +21,7 @@
 UHMM_API int uhmm_mirror_register(struct uhmm_device *d, const struct uhmm_mirror_ops *ops,
                                   void *priv, struct uhmm_mirror **out)
 {
-	if (!d || !ops || !ops->invalidate || !out)
+	if (!d || !ops || !out)
 		return -EINVAL;
 	struct uhmm_mirror *m = calloc(1, sizeof(*m));
 	if (!m)
@@ -74,7 +74,8 @@ void mirror_invalidate(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm
 		if (!m)
 			continue;
 		atomic_fetch_add_explicit(&m->seq, 1, memory_order_acq_rel);
-		m->ops.invalidate(m, start, end, ev);
+		if (m->ops.invalidate)
+			m->ops.invalidate(m, start, end, ev);
 		stat_add(h, ST_INVALIDATIONS, 1);
 	}
 	ebr_exit(tok);
@@ -180,7 +181,7 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 		unsigned wr = prot_bits(prot);
 		struct range_ent r;
 		unsigned tok = ebr_enter();
-		bool managed = range_lookup(pa, &r) && r.h == h;
+		bool managed = range_lookup_managed(h, pa, &r);
 		ebr_exit(tok);
 		if (!managed) {
 			/* Unmanaged memory: the device goes through the process's

@@ -48,7 +48,7 @@ bool range_covered(struct uhmm *h, uintptr_t start, uintptr_t end, bool allow_dy
 	unsigned tok = ebr_enter();
 	uintptr_t at = start;
 	struct range_ent r;
-	while (at < end && range_lookup(at, &r) && r.h == h && (allow_dying || !r.dying))
+	while (at < end && range_lookup_managed(h, at, &r) && (allow_dying || !r.dying))
 		at = r.end;
 	ebr_exit(tok);
 	return at >= end;
@@ -65,7 +65,7 @@ long range_list(struct uhmm *h, struct range_ent **out)
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < total; i++)
-		if (s->e[i].h == h)
+		if (s->e[i].h == h && !s->e[i].pool)
 			v[n++] = s->e[i];
 	ebr_exit(tok);
 	*out = v;
@@ -102,12 +102,12 @@ static void publish(struct range_set *s)
 
 /* Cut h's intervals out of [start, end) in s; may add one (a split).
  * s must have room for one more entry. */
-static void set_cut(struct range_set *s, struct uhmm *h, uintptr_t start, uintptr_t end)
+static void set_cut(struct range_set *s, struct uhmm *h, uintptr_t start, uintptr_t end, bool pool)
 {
 	size_t n = s->n;
 	for (size_t i = 0; i < n; i++) {
 		struct range_ent *r = &s->e[i];
-		if (r->h != h || r->end <= start || r->start >= end)
+		if (r->h != h || r->pool != pool || r->end <= start || r->start >= end)
 			continue;
 		if (r->start < start && r->end > end) {
 			struct range_ent tail = *r;
@@ -129,7 +129,7 @@ static void set_cut(struct range_set *s, struct uhmm *h, uintptr_t start, uintpt
 	s->n = k;
 }
 
-static int registry_insert(struct uhmm *h, uintptr_t start, uintptr_t end)
+static int registry_insert(struct uhmm *h, uintptr_t start, uintptr_t end, bool pool)
 {
 	pthread_mutex_lock(&g_lock);
 	struct range_set *old = atomic_load(&g_ranges);
@@ -144,10 +144,15 @@ static int registry_insert(struct uhmm *h, uintptr_t start, uintptr_t end)
 		pthread_mutex_unlock(&g_lock);
 		return -ENOMEM;
 	}
-	s->e[s->n++] = (struct range_ent){ .start = start, .end = end, .h = h };
+	s->e[s->n++] = (struct range_ent){ .start = start, .end = end, .h = h, .pool = pool };
 	publish(s);
 	pthread_mutex_unlock(&g_lock);
 	return 0;
+}
+
+int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	return registry_insert(h, start, end, true);
 }
 
 static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op, uintptr_t to)
@@ -158,14 +163,14 @@ static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op
 		pthread_mutex_unlock(&g_lock);
 		return; /* out of memory: the registry keeps the interval; faults there stay served */
 	}
-	if (op == 0) {                 /* forget */
-		set_cut(s, h, start, end);
+	if (op == 0 || op == 5) {      /* forget (5: a pool) */
+		set_cut(s, h, start, end, op == 5);
 	} else if (op == 1 || op == 2) { /* set / clear dying on exactly [start, end) */
 		/* Split at the boundaries first so the flag covers only the interval. */
 		size_t n = s->n;
 		for (size_t i = 0; i < n; i++) {
 			struct range_ent *r = &s->e[i];
-			if (r->h != h || r->end <= start || r->start >= end)
+			if (r->h != h || r->pool || r->end <= start || r->start >= end)
 				continue;
 			if (r->start < start) {
 				struct range_ent head = *r;
@@ -184,8 +189,8 @@ static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op
 	} else {                       /* move [start,end) to `to` (mremap) */
 		size_t len = end - start;
 		if (op == 3)
-			set_cut(s, h, start, end);
-		set_cut(s, h, to, to + len);
+			set_cut(s, h, start, end, false);
+		set_cut(s, h, to, to + len, false);
 		s->e[s->n++] = (struct range_ent){ .start = to, .end = to + len, .h = h };
 	}
 	publish(s);
@@ -195,6 +200,11 @@ static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op
 void range_forget(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	registry_edit(h, start, end, 0, 0);
+}
+
+void pool_forget(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	registry_edit(h, start, end, 5, 0);
 }
 
 void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool keep_old)
@@ -251,7 +261,7 @@ static int scan_present(uintptr_t addr, size_t len, struct uhmm *h)
 
 static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 {
-	int r = registry_insert(h, a, a + len);
+	int r = registry_insert(h, a, a + len, false);
 	if (r)
 		return r;
 	uint64_t ioctls = 0;

@@ -84,10 +84,11 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 	struct range_ent r;
 	unsigned tok = ebr_enter();
 	int rc;
-	if (!range_lookup(addr, &r) || r.h != h) {
+	if (!range_lookup_managed(h, addr, &r)) {
 		ebr_exit(tok);
-		/* Not (or no longer) managed: a registered pool slot touched by
-		 * mistake, or a range being torn down; never leave it hanging. */
+		/* Not (or no longer) managed: a free slot of a device pool that
+		 * its device touched (it reads as zeros; allocation empties it
+		 * again), or a range being torn down; never leave it hanging. */
 		size_t done;
 		uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done);
 		uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);

@@ -69,9 +69,17 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	unsigned tok = ebr_enter();
 	int rc = -ENOENT;
 	if (range_lookup(addr, &r) && r.h->mode == UHMM_FAULT_SIGBUS) {
-		do
-			rc = fault_resolve(r.h, &r, addr, is_write(uc) ? FAULT_WRITE : 0);
-		while (rc == -EAGAIN);
+		if (r.pool) {
+			/* A device touched a free page of its pool: zeros. */
+			size_t done;
+			rc = uffd_zeropage(r.h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done);
+			rc = rc == -EEXIST ? 0 : rc;
+		} else {
+			int tries = 0;
+			do
+				rc = fault_resolve(r.h, &r, addr, is_write(uc) ? FAULT_WRITE : 0);
+			while (rc == -EAGAIN && ++tries < 1000000);
+		}
 	}
 	ebr_exit(tok);
 	if (rc)

@@ -106,7 +106,7 @@ static int dummy_fault(struct dummy *dm, uintptr_t a, size_t n, bool write)
 				v = DPTE_VALID;
 				struct range_ent r;
 				unsigned tok = ebr_enter();
-				if (!range_lookup(ca + i * PAGE_SIZE, &r) || r.h != dm->dev->h)
+				if (!range_lookup_managed(dm->dev->h, ca + i * PAGE_SIZE, &r))
 					v |= DPTE_UNMANAGED;
 				ebr_exit(tok);
 			}
