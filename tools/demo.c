@@ -1,0 +1,496 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `uhmm demo`: the whole HMM round trip on the dummy device, self-checking.
+ *
+ *   1. fill      the CPU writes a per-page pattern (first touch: zero-fill faults)
+ *   2. migrate   uhmm_migrate() moves every page into unaddressable device memory
+ *   3. device    the device reads each batch in place, checks it, transforms it
+ *                and writes it back (still in device memory)
+ *   4. verify    the CPU reads every page: each access faults the page home;
+ *                every byte is compared with the expected value
+ *
+ * Exits 1 on any mismatch or library error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "uhmm.h"
+#include "cli.h"
+
+#define DEFAULT_SIZE  (256ul << 20)
+#define BATCH_PAGES   512    /* pages per device operation */
+#define QUERY_PAGES   4096   /* pages per uhmm_query call */
+#define MAX_REPORTED  8      /* mismatches printed in detail */
+#define DEVICE_XOR    UINT64_C(0xa5a5a5a5a5a5a5a5) /* the device op: every byte ^= 0xa5 */
+#define PAGE_MIX      UINT64_C(0x9e3779b97f4a7c15)
+
+/*
+ * Word w of page pg.  pg * odd constant is a bijection, so two pages never
+ * hold the same data: a page that lands at the wrong address is caught.
+ */
+static inline uint64_t pattern(uint64_t pg, uint64_t w)
+{
+	return (pg * PAGE_MIX) ^ (w << 3) ^ UINT64_C(0x0123456789abcdef);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static const char *mode_name(enum uhmm_fault_mode m)
+{
+	switch (m) {
+	case UHMM_FAULT_THREAD: return "thread";
+	case UHMM_FAULT_SIGBUS: return "sigbus";
+	case UHMM_FAULT_AUTO: break;
+	}
+	return "auto";
+}
+
+static const char *state_name(enum uhmm_state s)
+{
+	switch (s) {
+	case UHMM_STATE_NONE: return "none";
+	case UHMM_STATE_SYSTEM: return "system";
+	case UHMM_STATE_DEVICE: return "device";
+	case UHMM_STATE_DEVICE_COHERENT: return "device-coherent";
+	case UHMM_STATE_POISONED: return "poisoned";
+	}
+	return "?";
+}
+
+/* Does UHMM_FAULT_MODE replace AUTO (as the library reads it)? */
+static int env_mode(void)
+{
+	const char *m = getenv("UHMM_FAULT_MODE");
+
+	return m && (strcasecmp(m, "thread") == 0 || strcasecmp(m, "sigbus") == 0);
+}
+
+#define NSTATES 5
+
+/* Count the pages of [p, p + npages) in each state; prints on failure. */
+static int count_states(struct uhmm *h, const char *p, size_t npages, size_t pagesz,
+                        size_t counts[NSTATES])
+{
+	static struct uhmm_page_info info[QUERY_PAGES];
+
+	memset(counts, 0, NSTATES * sizeof(counts[0]));
+	for (size_t i = 0; i < npages; i += QUERY_PAGES) {
+		size_t n = npages - i < QUERY_PAGES ? npages - i : QUERY_PAGES;
+		int rc = uhmm_query(h, p + i * pagesz, n, info);
+
+		if (rc < 0) {
+			fprintf(stderr, "uhmm demo: uhmm_query: %s\n", strerror(-rc));
+			return rc;
+		}
+		for (size_t j = 0; j < n; j++)
+			if ((unsigned)info[j].state < NSTATES)
+				counts[info[j].state]++;
+	}
+	return 0;
+}
+
+static void print_states(const char *when, const size_t counts[NSTATES])
+{
+	int first = 1;
+
+	printf("  %-22s", when);
+	for (int s = 0; s < NSTATES; s++) {
+		if (!counts[s])
+			continue;
+		printf("%s%zu %s", first ? "" : ", ", counts[s], state_name((enum uhmm_state)s));
+		first = 0;
+	}
+	printf("%s\n", first ? "(no pages)" : "");
+}
+
+struct phase {
+	const char *name;
+	double secs;
+	struct uhmm_stats d; /* counters during the phase */
+};
+
+static void stats_delta(struct uhmm_stats *d, const struct uhmm_stats *a,
+                        const struct uhmm_stats *b)
+{
+	d->cpu_faults = b->cpu_faults - a->cpu_faults;
+	d->pages_to_device = b->pages_to_device - a->pages_to_device;
+	d->pages_to_system = b->pages_to_system - a->pages_to_system;
+	d->device_faults = b->device_faults - a->device_faults;
+	d->invalidations = b->invalidations - a->invalidations;
+	d->pages_skipped = b->pages_skipped - a->pages_skipped;
+	d->pages_zero_filled = b->pages_zero_filled - a->pages_zero_filled;
+	d->move_calls = b->move_calls - a->move_calls;
+	d->copy_calls = b->copy_calls - a->copy_calls;
+	d->fallback_pages = b->fallback_pages - a->fallback_pages;
+	d->deferred_faults = b->deferred_faults - a->deferred_faults;
+	d->events = b->events - a->events;
+	d->pages_poisoned = b->pages_poisoned - a->pages_poisoned;
+}
+
+struct demo {
+	struct uhmm *h;
+	struct uhmm_device *dev;
+	char *mem;
+	size_t size, pagesz, npages, words; /* words per page */
+	struct uhmm_stats last;
+	double t0;
+	struct phase phases[4];
+	int nphases;
+	uint64_t device_bad_pages, device_bad_bytes; /* seen by the device in step 3 */
+	uint64_t cpu_bad_pages, cpu_bad_bytes;       /* seen by the CPU in step 4 */
+	int reported;
+};
+
+static void phase_begin(struct demo *d)
+{
+	uhmm_stats_get(d->h, &d->last);
+	d->t0 = now_s();
+}
+
+static void phase_end(struct demo *d, const char *name)
+{
+	double t1 = now_s();
+	struct uhmm_stats s;
+	struct phase *ph = &d->phases[d->nphases++];
+
+	uhmm_stats_get(d->h, &s);
+	ph->name = name;
+	ph->secs = t1 - d->t0;
+	stats_delta(&ph->d, &d->last, &s);
+}
+
+static unsigned bytes_differing(uint64_t a, uint64_t b)
+{
+	uint64_t x = a ^ b;
+	unsigned n = 0;
+
+	for (int i = 0; i < 8; i++, x >>= 8)
+		n += (x & 0xff) != 0;
+	return n;
+}
+
+static void report_mismatch(struct demo *d, const char *who, size_t pg, size_t w,
+                            uint64_t want, uint64_t got)
+{
+	if (d->reported++ >= MAX_REPORTED)
+		return;
+	fprintf(stderr,
+	        "uhmm demo: %s mismatch: page %zu, offset %zu: expected 0x%016" PRIx64
+	        ", got 0x%016" PRIx64 "\n", who, pg, w * 8, want, got);
+}
+
+/* Step 1: the CPU writes the pattern; each first touch is a zero-fill fault. */
+static void step_fill(struct demo *d)
+{
+	for (size_t pg = 0; pg < d->npages; pg++) {
+		uint64_t *q = (uint64_t *)(d->mem + pg * d->pagesz);
+
+		for (size_t w = 0; w < d->words; w++)
+			q[w] = pattern(pg, w);
+	}
+}
+
+/*
+ * Step 3: the device operation.  uhmm_dummy_read/write go through the
+ * device's own page table: pages that live in its memory are accessed in
+ * place (no migration, no CPU fault).
+ */
+static int step_device(struct demo *d, uint64_t *buf)
+{
+	struct uhmm_dummy_counters c = { 0, 0 };
+
+	for (size_t pg0 = 0; pg0 < d->npages; pg0 += BATCH_PAGES) {
+		size_t n = d->npages - pg0 < BATCH_PAGES ? d->npages - pg0 : BATCH_PAGES;
+		char *addr = d->mem + pg0 * d->pagesz;
+		int rc = uhmm_dummy_read(d->dev, addr, buf, n, &c);
+
+		if (rc < 0) {
+			fprintf(stderr, "uhmm demo: uhmm_dummy_read at page %zu: %s\n", pg0,
+			        strerror(-rc));
+			return rc;
+		}
+		for (size_t i = 0; i < n; i++) {
+			uint64_t *q = buf + i * d->words;
+			unsigned bad = 0;
+
+			for (size_t w = 0; w < d->words; w++) {
+				uint64_t want = pattern(pg0 + i, w);
+
+				if (q[w] != want) {
+					report_mismatch(d, "device read", pg0 + i, w, want, q[w]);
+					d->device_bad_bytes += bytes_differing(want, q[w]);
+					bad = 1;
+				}
+				q[w] ^= DEVICE_XOR;
+			}
+			d->device_bad_pages += bad;
+		}
+		rc = uhmm_dummy_write(d->dev, addr, buf, n, &c);
+		if (rc < 0) {
+			fprintf(stderr, "uhmm demo: uhmm_dummy_write at page %zu: %s\n", pg0,
+			        strerror(-rc));
+			return rc;
+		}
+	}
+	return 0;
+}
+
+/* Step 4: the CPU reads every byte; the first access to a page faults it home. */
+static void step_verify(struct demo *d)
+{
+	for (size_t pg = 0; pg < d->npages; pg++) {
+		const uint64_t *q = (const uint64_t *)(d->mem + pg * d->pagesz);
+		unsigned bad = 0;
+
+		for (size_t w = 0; w < d->words; w++) {
+			uint64_t want = pattern(pg, w) ^ DEVICE_XOR, got = q[w];
+
+			if (got != want) {
+				report_mismatch(d, "CPU read-back", pg, w, want, got);
+				d->cpu_bad_bytes += bytes_differing(want, got);
+				bad = 1;
+			}
+		}
+		d->cpu_bad_pages += bad;
+	}
+}
+
+static void print_report(const struct demo *d, const struct uhmm_stats *tot,
+                         const struct uhmm_dummy_counters *dc)
+{
+	printf("\n  %-30s %10s %10s %10s %10s %10s %10s\n", "phase", "time", "GB/s", "CPU faults",
+	       "to device", "to system", "dev faults");
+	for (int i = 0; i < d->nphases; i++) {
+		const struct phase *ph = &d->phases[i];
+		double gbs = ph->secs > 0 ? (double)d->size / ph->secs / 1e9 : 0.0;
+
+		printf("  %-30s %7.1f ms %10.2f %10" PRIu64 " %10" PRIu64 " %10" PRIu64
+		       " %10" PRIu64 "\n", ph->name, ph->secs * 1e3, gbs, ph->d.cpu_faults,
+		       ph->d.pages_to_device, ph->d.pages_to_system, ph->d.device_faults);
+	}
+	printf("  (GB/s = %zu bytes / phase time, 1 GB = 10^9 bytes)\n", d->size);
+
+	printf("\ncounters (uhmm_stats_get, whole run)\n");
+	printf("  pages moved to device      %" PRIu64 "\n", tot->pages_to_device);
+	printf("  pages moved to system      %" PRIu64 "\n", tot->pages_to_system);
+	printf("  CPU faults served          %" PRIu64 " (%" PRIu64 " pages zero-filled, %" PRIu64
+	       " retried on a busy page)\n", tot->cpu_faults, tot->pages_zero_filled,
+	       tot->deferred_faults);
+	if (tot->cpu_faults && tot->pages_to_system)
+		printf("  pages per fault (home)     %.1f\n",
+		       (double)d->phases[3].d.pages_to_system /
+		       (double)(d->phases[3].d.cpu_faults ? d->phases[3].d.cpu_faults : 1));
+	printf("  device fault rounds        %" PRIu64 "\n", tot->device_faults);
+	printf("  kernel calls               %" PRIu64 " UFFDIO_MOVE, %" PRIu64
+	       " copy; %" PRIu64 " pages by copy + unmap fallback\n",
+	       tot->move_calls, tot->copy_calls, tot->fallback_pages);
+	printf("  pages skipped              %" PRIu64 "\n", tot->pages_skipped);
+	printf("  userfaultfd events         %" PRIu64 ", mirror invalidations %" PRIu64 "\n",
+	       tot->events, tot->invalidations);
+	printf("  dummy device               %" PRIu64 " pages copied, %" PRIu64
+	       " device fault rounds\n", dc->cpages, dc->faults);
+}
+
+static int parse_args(int argc, char **argv, size_t *size, enum uhmm_fault_mode *mode)
+{
+	static const struct option longopts[] = {
+		{ "size", required_argument, NULL, 's' },
+		{ "mode", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":s:m:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			if (cli_parse_size(optarg, size) < 0)
+				return cli_usage_error("demo", "invalid size '%s'", optarg);
+			break;
+		case 'm':
+			if (strcmp(optarg, "auto") == 0)
+				*mode = UHMM_FAULT_AUTO;
+			else if (strcmp(optarg, "thread") == 0)
+				*mode = UHMM_FAULT_THREAD;
+			else if (strcmp(optarg, "sigbus") == 0)
+				*mode = UHMM_FAULT_SIGBUS;
+			else
+				return cli_usage_error("demo", "invalid mode '%s' (auto, thread or sigbus)",
+				                       optarg);
+			break;
+		case 'h':
+			cli_help(stdout, "demo");
+			return -1;
+		case ':':
+			return cli_usage_error("demo", "option '%s' needs an argument", argv[optind - 1]);
+		default:
+			if (optopt)
+				return cli_usage_error("demo", "unknown option '-%c'", optopt);
+			return cli_usage_error("demo", "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("demo", "unexpected argument '%s'", argv[optind]);
+	return 0;
+}
+
+int cmd_demo(int argc, char **argv)
+{
+	struct uhmm_options opts;
+	struct uhmm_dummy_options dopts;
+	struct uhmm_migrate_result mres = { 0, 0 };
+	struct uhmm_stats s0, s1, tot;
+	struct uhmm_dummy_counters dc = { 0, 0 };
+	struct demo d;
+	size_t counts[4][NSTATES];
+	enum uhmm_fault_mode mode = UHMM_FAULT_AUTO;
+	size_t size = DEFAULT_SIZE;
+	uint64_t *buf = NULL;
+	char b1[32], b2[32];
+	int rc, ret = CLI_EXIT_FAIL;
+	double t;
+
+	rc = parse_args(argc, argv, &size, &mode);
+	if (rc)
+		return rc < 0 ? CLI_EXIT_OK : rc;
+
+	memset(&d, 0, sizeof(d));
+	d.pagesz = (size_t)sysconf(_SC_PAGESIZE);
+	if (size > SIZE_MAX - d.pagesz)
+		return cli_usage_error("demo", "size too large");
+	d.size = (size + d.pagesz - 1) / d.pagesz * d.pagesz;
+	d.npages = d.size / d.pagesz;
+	d.words = d.pagesz / sizeof(uint64_t);
+
+	memset(&opts, 0, sizeof(opts));
+	opts.fault_mode = mode;
+	rc = uhmm_open(&opts, &d.h);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_open: %s\n", strerror(-rc));
+		fprintf(stderr, "uhmm demo: run 'uhmm info' to see whether userfaultfd works here\n");
+		return CLI_EXIT_FAIL;
+	}
+	memset(&dopts, 0, sizeof(dopts));
+	dopts.capacity = d.size; /* rounded up to UHMM_DUMMY_CHUNK, added on demand */
+	rc = uhmm_dummy_create(d.h, &dopts, &d.dev);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_dummy_create: %s\n", strerror(-rc));
+		goto out_close;
+	}
+	rc = uhmm_alloc(d.h, d.size, (void **)&d.mem);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_alloc(%zu): %s\n", d.size, strerror(-rc));
+		goto out_close;
+	}
+	buf = malloc(BATCH_PAGES * d.pagesz);
+	if (!buf) {
+		fprintf(stderr, "uhmm demo: out of memory\n");
+		goto out_free;
+	}
+
+	printf("uhmm demo: %s of managed memory (%zu pages of %zu bytes) at %p\n",
+	       cli_fmt_bytes(b1, sizeof(b1), d.size), d.npages, d.pagesz, (void *)d.mem);
+	printf("  fault mode %s%s, device \"%s\" (dummy, %s unaddressable memory)\n",
+	       mode_name(uhmm_fault_mode(d.h)),
+	       mode != UHMM_FAULT_AUTO ? "" :
+	       env_mode() ? " (from UHMM_FAULT_MODE)" : " (chosen by AUTO)",
+	       uhmm_device_name(d.dev),
+	       cli_fmt_bytes(b2, sizeof(b2),
+	                     (d.size + UHMM_DUMMY_CHUNK - 1) / UHMM_DUMMY_CHUNK * UHMM_DUMMY_CHUNK));
+	uhmm_stats_get(d.h, &s0);
+
+	printf("\n[1/4] CPU fills every page with a per-page pattern\n");
+	phase_begin(&d);
+	step_fill(&d);
+	phase_end(&d, "1 fill (CPU first touch)");
+	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[0]) < 0)
+		goto out_free;
+
+	printf("[2/4] migrate to the device (uhmm_migrate)\n");
+	phase_begin(&d);
+	rc = uhmm_migrate(d.h, d.mem, d.size, d.dev, &mres);
+	phase_end(&d, "2 migrate to device");
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_migrate: %s\n", strerror(-rc));
+		goto out_free;
+	}
+	printf("      %zu pages migrated, %zu skipped\n", mres.migrated, mres.skipped);
+	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[1]) < 0)
+		goto out_free;
+
+	printf("[3/4] device reads, checks, transforms (xor 0xa5) and writes back, %d pages at a time\n",
+	       BATCH_PAGES);
+	phase_begin(&d);
+	rc = step_device(&d, buf);
+	phase_end(&d, "3 device op (read+xor+write)");
+	if (rc < 0)
+		goto out_free;
+	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[2]) < 0)
+		goto out_free;
+
+	printf("[4/4] CPU reads every byte back (faulting pages home) and verifies\n");
+	phase_begin(&d);
+	step_verify(&d);
+	phase_end(&d, "4 CPU read-back + verify");
+	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[3]) < 0)
+		goto out_free;
+
+	uhmm_stats_get(d.h, &s1);
+	stats_delta(&tot, &s0, &s1);
+	uhmm_dummy_counters_get(d.dev, &dc);
+
+	printf("\npage states (uhmm_query)\n");
+	print_states("after fill", counts[0]);
+	print_states("after migrate", counts[1]);
+	print_states("after device op", counts[2]);
+	print_states("after CPU read-back", counts[3]);
+	print_report(&d, &tot, &dc);
+
+	printf("\nresult\n");
+	if (d.device_bad_pages)
+		printf("  device saw %" PRIu64 " bad bytes in %" PRIu64 " pages after migration\n",
+		       d.device_bad_bytes, d.device_bad_pages);
+	if (d.cpu_bad_pages)
+		printf("  CPU saw %" PRIu64 " bad bytes in %" PRIu64 " pages after read-back\n",
+		       d.cpu_bad_bytes, d.cpu_bad_pages);
+	if (d.device_bad_pages || d.cpu_bad_pages) {
+		printf("  FAILED: data mismatch\n");
+		goto out_free;
+	}
+	printf("  OK: all %zu bytes verified on the device and again on the CPU\n", d.size);
+	ret = CLI_EXIT_OK;
+
+out_free:
+	free(buf);
+	rc = uhmm_free(d.h, d.mem, d.size);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_free: %s\n", strerror(-rc));
+		ret = CLI_EXIT_FAIL;
+	}
+out_close:
+	t = now_s();
+	rc = uhmm_close(d.h);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_close: %s\n", strerror(-rc));
+		ret = CLI_EXIT_FAIL;
+	} else if (ret == CLI_EXIT_OK) {
+		printf("  context closed in %.1f ms\n", (now_s() - t) * 1e3);
+	}
+	return ret;
+}

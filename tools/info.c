@@ -1,0 +1,334 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `uhmm info`: what this kernel and this process offer uhmm.
+ *
+ * The library probes userfaultfd (uhmm_sysinfo_get); this file adds the
+ * process-side facts that explain the result (credentials, /dev/userfaultfd
+ * permissions, seccomp) and turns them into advice.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "uhmm.h"
+#include "cli.h"
+
+#define CAP_SYS_PTRACE_BIT 19
+
+/* Facts about this process the library does not report. */
+struct proc_facts {
+	uid_t euid;
+	int cap_sys_ptrace;  /* 1 yes, 0 no, -1 unknown */
+	int seccomp;         /* 0 none, 1 strict, 2 filter, -1 unknown */
+	int dev_exists;      /* /dev/userfaultfd exists */
+	int dev_access;      /* ... and this process may open it read/write */
+	mode_t dev_mode;
+	int kmajor, kminor;  /* kernel version, 0.0 if unparsable */
+};
+
+static void read_status(struct proc_facts *p)
+{
+	char line[256];
+	FILE *f = fopen("/proc/self/status", "r");
+
+	p->cap_sys_ptrace = -1;
+	p->seccomp = -1;
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long caps;
+		int v;
+
+		if (sscanf(line, "CapEff: %llx", &caps) == 1)
+			p->cap_sys_ptrace = (caps >> CAP_SYS_PTRACE_BIT) & 1;
+		else if (sscanf(line, "Seccomp: %d", &v) == 1)
+			p->seccomp = v;
+	}
+	fclose(f);
+}
+
+static void gather(struct proc_facts *p, const struct uhmm_sysinfo *si)
+{
+	struct stat st;
+
+	memset(p, 0, sizeof(*p));
+	p->euid = geteuid();
+	read_status(p);
+	if (stat("/dev/userfaultfd", &st) == 0) {
+		p->dev_exists = 1;
+		p->dev_mode = st.st_mode & 07777;
+		p->dev_access = access("/dev/userfaultfd", R_OK | W_OK) == 0;
+	}
+	if (sscanf(si->kernel, "%d.%d", &p->kmajor, &p->kminor) != 2)
+		p->kmajor = p->kminor = 0;
+}
+
+static int kernel_at_least(const struct proc_facts *p, int major, int minor)
+{
+	return p->kmajor > major || (p->kmajor == major && p->kminor >= minor);
+}
+
+/* The library's reading of a numeric variable: a number, non-zero. */
+static int env_true(const char *s)
+{
+	char *end;
+	unsigned long v = strtoul(s, &end, 0);
+
+	return *end == '\0' && v != 0;
+}
+
+static const char *yesno(int v)
+{
+	return v < 0 ? "unknown" : v ? "yes" : "no";
+}
+
+static const char *mode_name(enum uhmm_fault_mode m)
+{
+	switch (m) {
+	case UHMM_FAULT_THREAD: return "thread";
+	case UHMM_FAULT_SIGBUS: return "sigbus";
+	case UHMM_FAULT_AUTO: break;
+	}
+	return "auto";
+}
+
+#define KEYW 31 /* width of the key column */
+
+/* "  key ....... value" (key indented by 2 when sub is set). */
+static void row(int sub, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void row(int sub, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("%*s%-*s", sub ? 2 : 0, "", KEYW - (sub ? 2 : 0), key);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+}
+
+/* A row whose value is wrapped at word boundaries to fit 79 columns. */
+static void row_wrapped(int sub, const char *key, const char *text)
+{
+	const int width = 79 - KEYW;
+	int first = 1;
+
+	while (*text) {
+		int n = (int)strlen(text);
+
+		if (n > width) {
+			n = width;
+			while (n > 0 && text[n] != ' ')
+				n--;
+			if (n == 0)
+				n = width;
+		}
+		if (first)
+			row(sub, key, "%.*s", n, text);
+		else
+			printf("%*s%.*s\n", KEYW, "", n, text);
+		first = 0;
+		text += n;
+		while (*text == ' ')
+			text++;
+	}
+}
+
+static void print_privileges(const struct proc_facts *p, const struct uhmm_sysinfo *si)
+{
+	row(1, "euid", "%u%s", (unsigned)p->euid, p->euid == 0 ? " (root)" : "");
+	row(1, "CAP_SYS_PTRACE", "%s", yesno(p->cap_sys_ptrace));
+	if (p->dev_exists)
+		row(1, "/dev/userfaultfd", "present (mode %04o), %s", (unsigned)p->dev_mode,
+		    p->dev_access ? "this process may open it" : "no access for this process");
+	else
+		row(1, "/dev/userfaultfd", "absent (Linux 6.1+ provides it)");
+	if (si->unprivileged_sysctl >= 0)
+		row(1, "vm.unprivileged_userfaultfd", "%d", si->unprivileged_sysctl);
+	else
+		row(1, "vm.unprivileged_userfaultfd", "unreadable");
+	row(1, "seccomp", "%s",
+	    p->seccomp == 0 ? "none" : p->seccomp == 1 ? "strict" :
+	    p->seccomp == 2 ? "filter active" : "unknown");
+}
+
+/* Why faults taken inside system calls can (or cannot) be served. */
+static void print_kernel_faults(const struct proc_facts *p, const struct uhmm_sysinfo *si)
+{
+	char why[160];
+	size_t n = 0;
+
+	if (si->caps & UHMM_SYS_KERNEL_FAULTS) {
+		const char *how;
+
+		if (si->caps & UHMM_SYS_DEV_UFFD)
+			how = "this process can open /dev/userfaultfd";
+		else if (p->cap_sys_ptrace == 1)
+			how = p->euid == 0 ? "this process is root (CAP_SYS_PTRACE)"
+			                   : "this process has CAP_SYS_PTRACE";
+		else if (si->unprivileged_sysctl == 1)
+			how = "vm.unprivileged_userfaultfd=1";
+		else
+			how = "the kernel allows it";
+		snprintf(why, sizeof(why), "served: %s; read(2)/write(2) into device-resident "
+		         "memory work in thread mode", how);
+		row_wrapped(1, "kernel-mode faults", why);
+		return;
+	}
+	why[0] = '\0';
+	if (p->euid != 0 && p->cap_sys_ptrace != 1)
+		n += (size_t)snprintf(why + n, sizeof(why) - n, "%snot root, no CAP_SYS_PTRACE",
+		                      n ? "; " : "");
+	if (n < sizeof(why) && !p->dev_exists)
+		n += (size_t)snprintf(why + n, sizeof(why) - n, "%sno /dev/userfaultfd",
+		                      n ? "; " : "");
+	else if (n < sizeof(why) && !p->dev_access)
+		n += (size_t)snprintf(why + n, sizeof(why) - n, "%sno access to /dev/userfaultfd",
+		                      n ? "; " : "");
+	if (n < sizeof(why) && si->unprivileged_sysctl == 0)
+		snprintf(why + n, sizeof(why) - n, "%svm.unprivileged_userfaultfd=0",
+		         n ? "; " : "");
+	row(1, "kernel-mode faults", "NOT served (user-mode faults only)");
+	row_wrapped(1, "why", why[0] ? why : "unknown (the kernel refused full access)");
+	row_wrapped(1, "so", "a system call that touches a device-resident page fails with "
+	            "EFAULT; bring buffers home before I/O with");
+	printf("%*suhmm_migrate(h, p, len, NULL, NULL)\n", KEYW, "");
+	row_wrapped(1, "to enable", "run as root, or grant access to /dev/userfaultfd "
+	            "(e.g. setfacl -m u:$USER:rw /dev/userfaultfd), or "
+	            "sysctl -w vm.unprivileged_userfaultfd=1");
+}
+
+/* userfaultfd does not work at all: explain the errno. */
+static void print_failure(const struct proc_facts *p, const struct uhmm_sysinfo *si)
+{
+	int e = si->uffd_errno;
+	const char *cause = "unknown";
+
+	row(1, "error", "%s (errno %d)", e ? strerror(e) : "unknown", e);
+	if (p->seccomp == 2 && (e == EPERM || e == ENOSYS || e == EACCES))
+		cause = "a seccomp filter blocks userfaultfd(2), as Docker's default profile "
+		        "does: run the container with a profile that allows userfaultfd "
+		        "(or --security-opt seccomp=unconfined)";
+	else if (e == ENOSYS)
+		cause = "the kernel has no userfaultfd (CONFIG_USERFAULTFD off) or a sandbox "
+		        "hides the system call";
+	else if ((e == EPERM || e == EACCES) && !kernel_at_least(p, 5, 11))
+		cause = "this kernel (< 5.11) has no user-mode-only userfaultfd and "
+		        "vm.unprivileged_userfaultfd=0: run as root or set it to 1";
+	else if (e == EPERM || e == EACCES)
+		cause = "denied by a security module (SELinux, AppArmor) or by a seccomp "
+		        "filter of a container or sandbox";
+	else if (e == EINVAL)
+		cause = "the UFFDIO_API handshake failed: the kernel is too old for uhmm "
+		        "(Linux 5.11 or later is needed)";
+	else if (e == EMFILE || e == ENFILE)
+		cause = "out of file descriptors";
+	else if (e == ENOMEM)
+		cause = "out of memory";
+	row_wrapped(1, "likely cause", cause);
+}
+
+struct feature {
+	unsigned cap;
+	const char *name;
+	const char *use;
+};
+
+static const struct feature features[] = {
+	{ UHMM_SYS_MOVE, "UFFDIO_MOVE",
+	  "zero-copy migration (else copy + unmap)" },
+	{ UHMM_SYS_SIGBUS, "SIGBUS", "sigbus fault mode" },
+	{ UHMM_SYS_POISON, "POISON", "poisoned pages after device loss" },
+	{ UHMM_SYS_WP, "WP", "write-protect anonymous memory" },
+	{ UHMM_SYS_EVENTS, "events UNMAP/REMOVE/REMAP",
+	  "munmap/madvise/mremap invalidate mirrors" },
+	{ UHMM_SYS_EVENT_FORK, "EVENT_FORK", "fork notification" },
+	{ UHMM_SYS_THREAD_ID, "THREAD_ID", "faulting thread id in messages" },
+	{ UHMM_SYS_ZEROPAGE, "ZEROPAGE", "zero page on read faults" },
+};
+
+int cmd_info(int argc, char **argv)
+{
+	struct uhmm_sysinfo si;
+	struct proc_facts p;
+	const char *env;
+	int works, rc;
+
+	if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+		cli_help(stdout, "info");
+		return CLI_EXIT_OK;
+	}
+	if (argc > 1)
+		return cli_usage_error("info", "unexpected argument '%s'", argv[1]);
+
+	memset(&si, 0, sizeof(si));
+	rc = uhmm_sysinfo_get(&si);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm info: uhmm_sysinfo_get: %s\n", strerror(-rc));
+		return CLI_EXIT_FAIL;
+	}
+	si.kernel[sizeof(si.kernel) - 1] = '\0';
+	si.how[sizeof(si.how) - 1] = '\0';
+	gather(&p, &si);
+	works = !!(si.caps & UHMM_SYS_UFFD);
+
+	printf("uhmm %d.%d.%d\n\n", UHMM_VERSION_MAJOR, UHMM_VERSION_MINOR, UHMM_VERSION_PATCH);
+	row(0, "kernel", "Linux %s", si.kernel[0] ? si.kernel : "(unknown)");
+	row(0, "page size", "%ld bytes", sysconf(_SC_PAGESIZE));
+
+	putchar('\n');
+	if (works)
+		row(0, "userfaultfd", "works, %s",
+		    (si.caps & UHMM_SYS_KERNEL_FAULTS) ? "kernel-mode faults too"
+		                                       : "user-mode faults only");
+	else
+		row(0, "userfaultfd", "DOES NOT WORK here");
+	if (works && si.how[0])
+		row_wrapped(1, "opened", si.how);
+	print_privileges(&p, &si);
+	if (works)
+		print_kernel_faults(&p, &si);
+	else
+		print_failure(&p, &si);
+
+	putchar('\n');
+	row(0, "features", "raw UFFDIO_API mask 0x%" PRIx64 "%s", si.uffd_features,
+	    works ? "" : " (not probed)");
+	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++)
+		row(1, features[i].name, "%-3s  %s",
+		    works ? yesno(!!(si.caps & features[i].cap)) : "-", features[i].use);
+	if (works && !(si.caps & UHMM_SYS_MOVE) && !kernel_at_least(&p, 6, 8))
+		printf("%*s(UFFDIO_MOVE needs Linux 6.8: migrations copy + unmap)\n", KEYW, "");
+	env = getenv("UHMM_NO_MOVE");
+	if (env && env[0] && env_true(env))
+		row(1, "UHMM_NO_MOVE", "%s: contexts will not use UFFDIO_MOVE", env);
+
+	putchar('\n');
+	if (!works) {
+		row(0, "fault mode", "none: uhmm_open fails here");
+	} else if (si.auto_mode == UHMM_FAULT_THREAD) {
+		row(0, "fault mode", "AUTO picks thread");
+		printf("  A service thread serves faults, so system calls such as read(2) into\n"
+		       "  device-resident memory keep working.  UHMM_FAULT_MODE=sigbus gives\n"
+		       "  faster faults (resolved in the faulting thread, no cross-thread\n"
+		       "  wake-up), but such system calls then fail with EFAULT.\n");
+	} else {
+		row(0, "fault mode", "AUTO picks %s", mode_name(si.auto_mode));
+		printf("  Faults are resolved in the faulting thread's SIGBUS handler (fast, no\n"
+		       "  cross-thread wake-up).  Kernel-mode faults cannot be served here, so\n"
+		       "  system calls such as read(2) into device-resident memory fail with\n"
+		       "  EFAULT in either mode.\n");
+	}
+	env = getenv("UHMM_FAULT_MODE");
+	if (works && env && (strcasecmp(env, "thread") == 0 || strcasecmp(env, "sigbus") == 0))
+		printf("  UHMM_FAULT_MODE=%s is set: it replaces AUTO for contexts opened\n"
+		       "  without an explicit mode.\n", env);
+	return works ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+}
