@@ -30,6 +30,10 @@ demo: build
 info: build
 	./$(BUILD)/tools/uhmm info
 
+# Benchmarks with their baselines taken in the same run (docs/PERFORMANCE.md).
+bench: build
+	./$(BUILD)/tools/uhmm bench $(BENCH_ARGS)
+
 test: build clang
 	meson test -C $(BUILD) --print-errorlogs --num-processes 1
 
