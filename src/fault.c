@@ -26,13 +26,31 @@ static int lock_fault_page(struct uhmm *h, _Atomic uint64_t *e, unsigned flags, 
 	return 0;
 }
 
-/* Granule [lo, hi) around page, clipped to the range. */
+/*
+ * Granule [lo, hi) around page, clipped to the range.  Like readahead, a
+ * fault right after the previous granule is taken as a sequential stream:
+ * the granule doubles (up to BATCH_PAGES, one 2 MiB kernel call) and
+ * starts at the faulting page.  Anything else falls back to the aligned
+ * default granule.  The stream state is a hint shared by all threads.
+ */
 static void granule(struct uhmm *h, const struct range_ent *r, uintptr_t page,
                     uintptr_t *lo, uintptr_t *hi)
 {
-	size_t g = (size_t)h->fault_around * PAGE_SIZE;
-	*lo = MAX(page & ~(g - 1), r->start);
-	*hi = MIN((page & ~(g - 1)) + g, r->end);
+	size_t g = h->fault_around;
+	if (g > 1 && page == atomic_load_explicit(&h->ra_next, memory_order_relaxed)) {
+		g = MIN((size_t)BATCH_PAGES,
+		        2 * (size_t)atomic_load_explicit(&h->ra_pages, memory_order_relaxed));
+		*lo = page;
+		*hi = MIN(page + g * PAGE_SIZE, r->end);
+	} else {
+		size_t bytes = g * PAGE_SIZE;
+		*lo = MAX(page & ~(bytes - 1), r->start);
+		*hi = MIN((page & ~(bytes - 1)) + bytes, r->end);
+	}
+	if (h->fault_around > 1) {
+		atomic_store_explicit(&h->ra_pages, (unsigned)g, memory_order_relaxed);
+		atomic_store_explicit(&h->ra_next, *hi, memory_order_relaxed);
+	}
 }
 
 static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,

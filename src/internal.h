@@ -305,6 +305,8 @@ struct uhmm {
 	bool have_poison;
 	enum uhmm_fault_mode mode;
 	unsigned fault_around;    /* pages, power of two */
+	_Atomic uintptr_t ra_next;  /* sequential-stream hint: where the last granule ended */
+	_Atomic unsigned ra_pages;  /* and its size */
 	unsigned spin_us;
 	pid_t pid;
 
