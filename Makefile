@@ -18,7 +18,7 @@ build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
 $(BUILD_CLANG)/build.ninja: | deps
-	CC=clang meson setup $(BUILD_CLANG) -Dwerror_strict=true $(MESON_OPTS)
+	CC=clang meson setup $(BUILD_CLANG) -Dwerror=true $(MESON_OPTS)
 
 # Warning-free under clang too (gcc is checked by the main build in CI).
 clang: deps $(BUILD_CLANG)/build.ninja
