@@ -247,6 +247,16 @@ struct uhmm_migrate_result {
 int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
                  struct uhmm_migrate_result *res);
 
+/*
+ * mprotect(2) for managed memory: userfaultfd does not report protection
+ * changes, so this wrapper invalidates every mirror of [addr, addr+len)
+ * (UHMM_EVENT_PROTECT) before changing the protection.  Device mappings are
+ * then rebuilt by device faults under the new protection.  Use it instead of
+ * mprotect for memory a device mirrors.  Fails: -EINVAL bad arguments; the
+ * negative errno of mprotect.
+ */
+int uhmm_mprotect(struct uhmm *h, void *addr, size_t len, int prot);
+
 /* ------------------------------------------------------------------------
  * Where each page lives.
  * ---------------------------------------------------------------------- */
@@ -474,6 +484,19 @@ int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags);
 
 /* Counters of the device since creation. */
 int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c);
+
+/*
+ * Exclusive (atomic) device access to [addr, addr + npages pages): the
+ * pages move into the device's memory (never-populated ones are populated
+ * first) and are marked exclusive in its page table; any CPU touch brings
+ * them back and revokes the exclusivity.  Fails: -EINVAL bad arguments;
+ * -EFAULT / -EPERM no (write) access; -EBUSY a page could not be made
+ * exclusive (out of device memory, held by another device) — pages already
+ * made exclusive stay so.
+ */
+int uhmm_dummy_exclusive(struct uhmm_device *d, void *addr, size_t npages);
+/* 0 if the CPU revoked exclusivity of every page; -EPERM if one is still exclusive. */
+int uhmm_dummy_check_exclusive(struct uhmm_device *d, void *addr, size_t npages);
 
 #ifdef __cplusplus
 }

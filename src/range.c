@@ -406,3 +406,15 @@ int range_remove_locked_all(struct uhmm *h)
 	free(v);
 	return rc;
 }
+
+UHMM_API int uhmm_mprotect(struct uhmm *h, void *addr, size_t len, int prot)
+{
+	if (!h)
+		return -EINVAL;
+	int r = check_span(addr, len);
+	if (r)
+		return r;
+	uintptr_t a = (uintptr_t)addr;
+	mirror_invalidate(h, a, a + len, UHMM_EVENT_PROTECT, NULL);
+	return mprotect(addr, len, prot) ? -errno : 0;
+}

@@ -32,6 +32,7 @@
 #define DPTE_WRITE   (1ULL << 1)
 #define DPTE_LOCAL   (1ULL << 2)
 #define DPTE_UNMANAGED (1ULL << 3)
+#define DPTE_EXCLUSIVE (1ULL << 4) /* atomic access granted; any invalidation revokes it */
 
 struct dummy {
 	struct uhmm_device *dev;
@@ -274,6 +275,57 @@ UHMM_API int uhmm_dummy_release(struct uhmm_device *d)
 			rc = r;
 	}
 	return rc;
+}
+
+/* Exclusive access is device-private residency with a mark: the CPU cannot
+ * touch the page without faulting it back, and that migration invalidates
+ * (revokes) the mark. */
+UHMM_API int uhmm_dummy_exclusive(struct uhmm_device *d, void *addr, size_t npages)
+{
+	struct dummy *dm = dummy_of(d);
+	uintptr_t a = (uintptr_t)addr;
+	if (!dm || check_span(addr, npages * PAGE_SIZE) || npages > SIZE_MAX / PAGE_SIZE)
+		return -EINVAL;
+	/* Populate never-touched pages (writable, like the kernel's
+	 * make_device_exclusive), then take them. */
+	int r = dummy_fault(dm, a, npages, true);
+	if (r)
+		return r;
+	pthread_mutex_unlock(&dm->lock);
+	r = uhmm_migrate(d->h, addr, npages * PAGE_SIZE, d, NULL);
+	if (r)
+		return r;
+	r = dummy_fault(dm, a, npages, true);
+	if (r)
+		return r;
+	for (size_t i = 0; i < npages; i++) {
+		_Atomic uint64_t *e = ptable_entry(&dm->pt, a + i * PAGE_SIZE, false);
+		uint64_t v = e ? atomic_load(e) : 0;
+		if (!(v & DPTE_LOCAL)) {
+			r = -EBUSY;
+			continue;
+		}
+		atomic_store(e, v | DPTE_EXCLUSIVE);
+	}
+	pthread_mutex_unlock(&dm->lock);
+	return r;
+}
+
+UHMM_API int uhmm_dummy_check_exclusive(struct uhmm_device *d, void *addr, size_t npages)
+{
+	struct dummy *dm = dummy_of(d);
+	uintptr_t a = (uintptr_t)addr;
+	if (!dm || check_span(addr, npages * PAGE_SIZE) || npages > SIZE_MAX / PAGE_SIZE)
+		return -EINVAL;
+	int r = 0;
+	pthread_mutex_lock(&dm->lock);
+	for (size_t i = 0; i < npages && !r; i++) {
+		_Atomic uint64_t *e = ptable_entry(&dm->pt, a + i * PAGE_SIZE, false);
+		if (e && (atomic_load(e) & DPTE_EXCLUSIVE))
+			r = -EPERM;
+	}
+	pthread_mutex_unlock(&dm->lock);
+	return r;
 }
 
 UHMM_API int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags)
