@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 struct range_set {
@@ -259,9 +260,40 @@ static int scan_present(uintptr_t addr, size_t len, struct uhmm *h)
 	return r;
 }
 
+/*
+ * munmap returns once the service thread has read the UNMAP event, not
+ * handled it, and the kernel may hand the same addresses straight back: a
+ * conflict with a range whose event is being handled is stale.  Wait for
+ * that batch (svc_seq odd → changes) and look again.
+ */
+static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	int r = registry_insert(h, start, end, false);
+	for (int tries = 0; r == -EEXIST && tries < 2; tries++) {
+		struct range_ent conflict;
+		bool found = false;
+		unsigned tok = ebr_enter();
+		struct range_set *set = atomic_load(&g_ranges);
+		for (size_t i = 0; set && i < set->n && !found; i++) {
+			if (set->e[i].start < end && set->e[i].end > start) {
+				conflict = set->e[i];
+				found = true;
+			}
+		}
+		if (found) {
+			uint64_t seq = atomic_load(&conflict.h->svc_seq);
+			while ((seq & 1) && atomic_load(&conflict.h->svc_seq) == seq)
+				sched_yield();
+		}
+		ebr_exit(tok);
+		r = registry_insert(h, start, end, false);
+	}
+	return r;
+}
+
 static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 {
-	int r = registry_insert(h, a, a + len, false);
+	int r = registry_insert_fresh(h, a, a + len);
 	if (r)
 		return r;
 	uint64_t ioctls = 0;

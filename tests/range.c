@@ -167,6 +167,32 @@ static void range_sparse(void **state)
 	t_close(h);
 }
 
+/*
+ * The application munmaps managed memory itself, then allocates again: the
+ * kernel typically hands back the same addresses, which must not still
+ * count as managed (no -EEXIST), and the new memory must work.
+ */
+static void range_unmap_reuse(void **state)
+{
+	struct uhmm *h = t_open(state);
+	struct uhmm_device *d = t_dummy(h);
+
+	for (unsigned r = 0; r < 200; r++) {
+		void *p = NULL;
+		int rc = uhmm_alloc(h, N * PS(), &p);
+		if (rc != 0)
+			print_error("round %u: uhmm_alloc = %d\n", r, rc);
+		assert_int_equal(rc, 0);
+		fill_pages(p, 0, N, r);
+		if (r % 4 == 3)
+			assert_migrate(h, p, N * PS(), d, N, 0);
+		assert_int_equal(munmap(page_at(p, N / 2), N / 2 * PS()), 0);
+		assert_pages(p, 0, N / 2, r);
+		assert_int_equal(uhmm_free(h, p, N / 2 * PS()), 0);
+	}
+	t_close(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -175,6 +201,7 @@ int main(void)
 		TEST_BOTH(range_free_device),
 		TEST_BOTH(range_syscall),
 		TEST_BOTH(range_sparse),
+		TEST_BOTH(range_unmap_reuse),
 	};
 	return cmocka_run_group_tests_name("range", tests, NULL, NULL);
 }
