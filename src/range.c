@@ -344,10 +344,20 @@ UHMM_API int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 {
 	if (!h || !out || len == 0 || !aligned(len))
 		return -EINVAL;
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
+	/* Allocations of 2 MiB or more start 2 MiB-aligned: whole-PMD moves
+	 * and 2 MiB granules (coherent memory) line up with the range. */
+	size_t align = len >= HUGE_SIZE ? HUGE_SIZE : PAGE_SIZE;
+	if (len + align < len)
 		return -ENOMEM;
+	char *raw = mmap(NULL, len + align - PAGE_SIZE, PROT_READ | PROT_WRITE,
+	                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return -ENOMEM;
+	char *p = (char *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+	if (p > raw)
+		munmap(raw, (size_t)(p - raw));
+	if (align > PAGE_SIZE && p + len < raw + len + align - PAGE_SIZE)
+		munmap(p + len, (size_t)(raw + len + align - PAGE_SIZE - (p + len)));
 	int r = manage(h, (uintptr_t)p, len, false);
 	if (r) {
 		munmap(p, len);
