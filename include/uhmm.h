@@ -198,21 +198,62 @@ struct uhmm *uhmm_device_context(const struct uhmm_device *d);
 
 /*
  * Hot-add size bytes (a multiple of the page size) of device memory with
- * the given classification.  UHMM_DEVMEM_DEVICE is ORed in.
+ * the given classification (UHMM_DEVMEM_DEVICE is ORed in):
+ *
+ *  DEVICE | ALLOW_MIGRATION | UNADDRESSABLE  private device memory: the CPU
+ *      cannot touch it; a CPU access faults the page back to system memory.
+ *  DEVICE | ALLOW_MIGRATION  coherent memory (CXL, coherent accelerator
+ *      memory): the CPU accesses migrated pages in place, without faults
+ *      (state DEVICE_COHERENT); migration back is explicit.  Modelled by a
+ *      memory file the device owns, mapped at the migrated addresses in
+ *      2 MiB granules (UHMM_COHERENT_GRANULE): only whole, aligned granules
+ *      of a managed range migrate here (other pages are skipped), which
+ *      bounds the kernel mappings to two per granule (vm.max_map_count,
+ *      65530 by default, allows ~64 GiB of granules ever made coherent).
+ *      HOST_BACKED devices only; needs userfaultfd write-protect on shmem.
+ *  DEVICE  persistent / DAX-like memory: never migrated.  The application
+ *      maps it with uhmm_devmem_map; migrations that touch those pages skip
+ *      them.  HOST_BACKED devices only.
+ *
+ * Memory is backed by an anonymous memory file; uhmm_devmem_add_file names
+ * a file instead (persistent data then outlives the process).
  * Fails: -EINVAL bad size, NULL argument, unknown flag bits, or
  * UNADDRESSABLE without ALLOW_MIGRATION (the data would be unreachable);
- * -EOPNOTSUPP a classification this device or this build cannot provide
- * (today: memory the CPU addresses in place); -ENOMEM.
+ * -EOPNOTSUPP a classification this device or this kernel cannot provide;
+ * -ENOMEM.
  */
 int uhmm_devmem_add(struct uhmm_device *d, size_t size, unsigned flags,
                     struct uhmm_devmem **out);
+
+/*
+ * As uhmm_devmem_add for the addressable classes (DEVICE, or DEVICE |
+ * ALLOW_MIGRATION) of a HOST_BACKED device, backed by the file at path
+ * (created if missing, extended to size; for coherent memory it must be on
+ * tmpfs, e.g. /dev/shm).  Fails as uhmm_devmem_add, plus the negative errno
+ * of open/ftruncate, -EOPNOTSUPP for private (UNADDRESSABLE) memory.
+ */
+int uhmm_devmem_add_file(struct uhmm_device *d, const char *path, size_t size, unsigned flags,
+                         struct uhmm_devmem **out);
+
+#define UHMM_COHERENT_GRANULE (2u << 20)
+
+/*
+ * Map len bytes at offset of persistent (DEVICE-only) memory into the
+ * process (shared: writes reach the device memory, and its file).
+ * uhmm_migrate over these pages skips them; uhmm_query reports them
+ * DEVICE_COHERENT on m's device.  Fails: -EINVAL bad arguments or range
+ * outside m; -EOPNOTSUPP m is not persistent; negative errno of mmap.
+ */
+int uhmm_devmem_map(struct uhmm_devmem *m, size_t offset, size_t len, int prot, void **addr);
+/* Unmap a mapping from uhmm_devmem_map (whole mapping).  -EINVAL if it is not one. */
+int uhmm_devmem_unmap(struct uhmm_devmem *m, void *addr, size_t len);
 
 /*
  * Hot-remove: every page in use is evacuated to system memory (data is
  * never lost), then the block is freed.  Fails: -EINVAL NULL; -EBUSY a page
  * could not be evacuated (every page is then left as it was).
  */
-int uhmm_devmem_remove(struct uhmm_devmem *m);
+int uhmm_devmem_remove(struct uhmm_devmem *m); /* persistent memory: -EBUSY while mapped */
 
 unsigned uhmm_devmem_flags(const struct uhmm_devmem *m);
 size_t uhmm_devmem_npages(const struct uhmm_devmem *m);
@@ -419,9 +460,14 @@ int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t npages, uns
  * ---------------------------------------------------------------------- */
 
 struct uhmm_dummy_options {
-	size_t capacity;       /* bytes of device memory; 0 = 1 GiB; added in chunks on demand */
-	unsigned devmem_flags; /* 0 = DEVICE | ALLOW_MIGRATION | UNADDRESSABLE */
+	size_t capacity;       /* bytes of device memory; 0 = 1 GiB; added in chunks on demand
+	                          (persistent memory: all at creation) */
+	unsigned devmem_flags; /* 0 = DEVICE | ALLOW_MIGRATION | UNADDRESSABLE; any valid class */
+	const char *path;      /* persistent / coherent memory: backing file (NULL = memory file) */
 };
+
+/* The dummy device's first (for persistent memory: only) block. */
+struct uhmm_devmem *uhmm_dummy_devmem(struct uhmm_device *d);
 
 /* Chunk by which the dummy device adds memory; capacity is rounded up to it. */
 #define UHMM_DUMMY_CHUNK (64u << 20)

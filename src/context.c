@@ -151,7 +151,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	}
 	uint64_t want = UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
 	                UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_THREAD_ID |
-	                UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_MISSING_HUGETLBFS * 0 |
+	                UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
 	                UFFD_FEATURE_MOVE | UFFD_FEATURE_POISON |
 	                (h->mode == UHMM_FAULT_SIGBUS ? UFFD_FEATURE_SIGBUS : 0);
 	r = uffd_api(h->uffd, want & avail, &h->features);

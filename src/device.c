@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 UHMM_API int uhmm_device_create(struct uhmm *h, const char *name, const struct uhmm_device_ops *ops,
                                 unsigned flags, void *priv, struct uhmm_device **out)
@@ -107,6 +108,10 @@ int device_lose(struct uhmm_device *d)
 	pthread_mutex_unlock(&d->lock);
 	for (struct uhmm_devmem *m = list; m; m = m->next) {
 		atomic_store(&m->dead, true);
+		/* In-place (coherent, persistent) accesses now raise SIGBUS:
+		 * the file has no pages any more. */
+		if (m->fd >= 0 && ftruncate(m->fd, 0))
+			(void)0;
 		for (size_t i = 0; i < m->npages && atomic_load(&m->used); i++) {
 			struct uhmm_dpage *dp = &m->pages[i];
 			if (atomic_load(&dp->ref) == 0)
@@ -115,7 +120,8 @@ int device_lose(struct uhmm_device *d)
 			if (!e)
 				continue;
 			uint64_t v = pte_lock(e);
-			if (pte_state(v) != UHMM_STATE_DEVICE || pte_dpage(v) != dp) {
+			if ((pte_state(v) != UHMM_STATE_DEVICE &&
+			     pte_state(v) != UHMM_STATE_DEVICE_COHERENT) || pte_dpage(v) != dp) {
 				page_unlock(h, e, v);
 				continue;
 			}

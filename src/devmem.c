@@ -21,7 +21,12 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <linux/magic.h>
 #include <sched.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
 #include <sys/mman.h>
 
 #define MAX_MEMS 65536
@@ -66,6 +71,9 @@ static void release(struct uhmm_dpage *dp, bool clean)
 	atomic_fetch_sub(&m->used, 1);
 	if (m->dev->ops.page_free)
 		m->dev->ops.page_free(m->dev, m, idx);
+	if (m->fd >= 0)
+		fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		          (off_t)(idx * PAGE_SIZE), (off_t)PAGE_SIZE);
 	if (m->host_registered && !clean) {
 		uint64_t head = atomic_load(&m->dirty);
 		do
@@ -131,8 +139,59 @@ static size_t alloc_from(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **ou
 	return got;
 }
 
-static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags,
+static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags, const char *path,
                          struct uhmm_devmem **out);
+
+/* Claim n/64 whole free bitmap words of m (n a multiple of 64). */
+static size_t alloc_words(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **out)
+{
+	size_t words = n / 64, got = 0;
+	pthread_mutex_lock(&m->alloc_lock);
+	for (size_t w = 0; w + words <= m->nwords && !got; w += words) {
+		size_t k;
+		for (k = 0; k < words && atomic_load(&m->bitmap[w + k]) == 0; k++)
+			;
+		if (k < words)
+			continue;
+		for (k = 0; k < words; k++)
+			atomic_store(&m->bitmap[w + k], ~0ULL);
+		for (size_t i = 0; i < n; i++) {
+			struct uhmm_dpage *dp = &m->pages[w * 64 + i];
+			atomic_store(&dp->ref, 1);
+			dp->vaddr = 0;
+			out[i] = dp;
+		}
+		got = n;
+		atomic_fetch_add(&m->used, n);
+	}
+	pthread_mutex_unlock(&m->alloc_lock);
+	return got;
+}
+
+size_t devmem_alloc_contig(struct uhmm_device *d, size_t n, struct uhmm_dpage **out)
+{
+	if (atomic_load(&d->fail) & (UHMM_DUMMY_FAIL_ALLOC | UHMM_DUMMY_LOST))
+		return 0;
+	size_t got = 0;
+	pthread_mutex_lock(&d->lock);
+	for (;;) {
+		size_t total = 0;
+		for (struct uhmm_devmem *m = d->mems; m && !got; m = m->next) {
+			total += m->npages * PAGE_SIZE;
+			if (!atomic_load(&m->dead) && devmem_coherent(m))
+				got = alloc_words(m, n, out);
+		}
+		if (got || !d->grow_chunk || total + d->grow_chunk > d->capacity ||
+		    (d->grow_flags & UHMM_DEVMEM_UNADDRESSABLE) ||
+		    !(d->grow_flags & UHMM_DEVMEM_ALLOW_MIGRATION))
+			break;
+		struct uhmm_devmem *m;
+		if (devmem_create(d, d->grow_chunk, d->grow_flags, NULL, &m))
+			break;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return got;
+}
 
 size_t devmem_alloc(struct uhmm_device *d, size_t n, struct uhmm_dpage **out)
 {
@@ -144,30 +203,59 @@ size_t devmem_alloc(struct uhmm_device *d, size_t n, struct uhmm_dpage **out)
 		size_t total = 0;
 		for (struct uhmm_devmem *m = d->mems; m && got < n; m = m->next) {
 			total += m->npages * PAGE_SIZE;
-			if (atomic_load(&m->dead) || !(m->flags & UHMM_DEVMEM_ALLOW_MIGRATION))
+			if (atomic_load(&m->dead) || !(m->flags & UHMM_DEVMEM_UNADDRESSABLE))
 				continue;
 			if (atomic_load(&m->used) >= m->npages && !atomic_load(&m->dirty))
 				continue;
 			got += alloc_from(m, n - got, out + got);
 		}
-		if (got == n || !d->grow_chunk || total + d->grow_chunk > d->capacity)
+		if (got == n || !d->grow_chunk || total + d->grow_chunk > d->capacity ||
+		    !(d->grow_flags & UHMM_DEVMEM_UNADDRESSABLE))
 			break;
 		struct uhmm_devmem *m;
-		if (devmem_create(d, d->grow_chunk, d->grow_flags, &m))
+		if (devmem_create(d, d->grow_chunk, d->grow_flags, NULL, &m))
 			break;
 	}
 	pthread_mutex_unlock(&d->lock);
 	return got;
 }
 
+/* The memory file of an addressable block: a named file or a memfd. */
+static int open_backing(struct uhmm *h, const char *path, size_t size, bool coherent)
+{
+	int fd = path ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)
+	              : memfd_create("uhmm-devmem", MFD_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	struct statfs sf;
+	int r = 0;
+	if (fstat(fd, &st))
+		r = -errno;
+	else if ((size_t)st.st_size < size && ftruncate(fd, (off_t)size))
+		r = -errno;
+	/* Coherent pages must be write-protectable while they move home:
+	 * userfaultfd write-protect works on shmem (tmpfs, memfd) only. */
+	else if (coherent && (!(h->features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) || !h->use_wp ||
+	                      fstatfs(fd, &sf) || sf.f_type != TMPFS_MAGIC))
+		r = -EOPNOTSUPP;
+	if (r) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
 /* d->lock held by the caller. */
-static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags,
+static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags, const char *path,
                          struct uhmm_devmem **out)
 {
 	struct uhmm *h = d->h;
 	struct uhmm_devmem *m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
+	int rc = -ENOMEM;
+	m->fd = -1;
 	m->dev = d;
 	m->flags = flags;
 	m->npages = size / PAGE_SIZE;
@@ -182,7 +270,22 @@ static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags,
 	/* Bits past the end are permanently "allocated". */
 	if (m->npages % 64)
 		m->bitmap[m->nwords - 1] = ~0ULL << (m->npages % 64);
-	if (d->flags & UHMM_DEVICE_HOST_BACKED) {
+	if (!(flags & UHMM_DEVMEM_UNADDRESSABLE)) {
+		/* Addressable: a memory file, mapped shared for the device. */
+		m->fd = open_backing(h, path, size, flags & UHMM_DEVMEM_ALLOW_MIGRATION);
+		if (m->fd < 0) {
+			rc = m->fd;
+			goto fail;
+		}
+		m->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->fd, 0);
+		if (m->host == MAP_FAILED) {
+			m->host = NULL;
+			goto fail;
+		}
+		madvise(m->host, size, MADV_DONTFORK);
+		if (flags & UHMM_DEVMEM_ALLOW_MIGRATION)
+			d->coherent = true;
+	} else if (d->flags & UHMM_DEVICE_HOST_BACKED) {
 		m->host = mmap(NULL, size, PROT_READ | PROT_WRITE,
 		               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (m->host == MAP_FAILED) {
@@ -217,15 +320,17 @@ fail:
 	}
 	if (m->host)
 		munmap(m->host, size);
+	if (m->fd >= 0)
+		close(m->fd);
 	if (m->pages != MAP_FAILED && m->pages)
 		munmap(m->pages, dsz);
 	free((void *)m->bitmap);
 	free(m);
-	return -ENOMEM;
+	return rc;
 }
 
-UHMM_API int uhmm_devmem_add(struct uhmm_device *d, size_t size, unsigned flags,
-                             struct uhmm_devmem **out)
+static int devmem_add(struct uhmm_device *d, const char *path, size_t size, unsigned flags,
+                      struct uhmm_devmem **out)
 {
 	if (!d || !out || size == 0 || !aligned(size))
 		return -EINVAL;
@@ -234,14 +339,76 @@ UHMM_API int uhmm_devmem_add(struct uhmm_device *d, size_t size, unsigned flags,
 	flags |= UHMM_DEVMEM_DEVICE;
 	if ((flags & UHMM_DEVMEM_UNADDRESSABLE) && !(flags & UHMM_DEVMEM_ALLOW_MIGRATION))
 		return -EINVAL;
-	if (!(flags & UHMM_DEVMEM_UNADDRESSABLE))
-		return -EOPNOTSUPP; /* addressable (coherent / persistent) memory: not yet */
 	if (size / PAGE_SIZE > UINT32_MAX)
 		return -EINVAL;
+	bool addressable = !(flags & UHMM_DEVMEM_UNADDRESSABLE);
+	/* The CPU addresses these in place: uhmm must be able to map them. */
+	if (addressable && !(d->flags & UHMM_DEVICE_HOST_BACKED))
+		return -EOPNOTSUPP;
+	if (path && !addressable)
+		return -EOPNOTSUPP;
+	/* Coherent granules are allocated in whole 2 MiB runs. */
+	if (addressable && (flags & UHMM_DEVMEM_ALLOW_MIGRATION) && size % UHMM_COHERENT_GRANULE)
+		size = (size / UHMM_COHERENT_GRANULE + 1) * UHMM_COHERENT_GRANULE;
 	pthread_mutex_lock(&d->lock);
-	int r = devmem_create(d, size, flags, out);
+	int r = devmem_create(d, size, flags, path, out);
 	pthread_mutex_unlock(&d->lock);
 	return r;
+}
+
+UHMM_API int uhmm_devmem_add(struct uhmm_device *d, size_t size, unsigned flags,
+                             struct uhmm_devmem **out)
+{
+	return devmem_add(d, NULL, size, flags, out);
+}
+
+UHMM_API int uhmm_devmem_add_file(struct uhmm_device *d, const char *path, size_t size,
+                                  unsigned flags, struct uhmm_devmem **out)
+{
+	if (!path)
+		return -EINVAL;
+	return devmem_add(d, path, size, flags, out);
+}
+
+/* ---- persistent memory: mapped by the application, never migrated ---- */
+
+UHMM_API int uhmm_devmem_map(struct uhmm_devmem *m, size_t offset, size_t len, int prot, void **addr)
+{
+	if (!m || !addr || !len || !aligned(len) || !aligned(offset) || offset > m->npages * PAGE_SIZE ||
+	    len > m->npages * PAGE_SIZE - offset || (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
+		return -EINVAL;
+	if (!devmem_persistent(m) || m->fd < 0)
+		return -EOPNOTSUPP;
+	if (atomic_load(&m->dead))
+		return -EBUSY;
+	void *p = mmap(NULL, len, prot, MAP_SHARED, m->fd, (off_t)offset);
+	if (p == MAP_FAILED)
+		return -errno;
+	int r = persist_register(m, (uintptr_t)p, (uintptr_t)p + len);
+	if (r) {
+		munmap(p, len);
+		return r;
+	}
+	atomic_fetch_add(&m->maps, 1);
+	*addr = p;
+	return 0;
+}
+
+UHMM_API int uhmm_devmem_unmap(struct uhmm_devmem *m, void *addr, size_t len)
+{
+	if (!m || check_span(addr, len))
+		return -EINVAL;
+	struct range_ent r;
+	unsigned tok = ebr_enter();
+	bool ok = range_lookup((uintptr_t)addr, &r) && r.persist && r.mem == m &&
+	          r.start == (uintptr_t)addr && r.end == (uintptr_t)addr + len;
+	ebr_exit(tok);
+	if (!ok)
+		return -EINVAL;
+	persist_forget(m->dev->h, r.start, r.end);
+	munmap(addr, len);
+	atomic_fetch_sub(&m->maps, 1);
+	return 0;
 }
 
 int devmem_evacuate(struct uhmm_devmem *m)
@@ -284,6 +451,10 @@ void devmem_destroy(struct uhmm_devmem *m)
 		}
 		munmap(m->host, size);
 	}
+	if (m->fd >= 0) {
+		persist_forget_mem(m); /* mappings stay valid: the application owns them */
+		close(m->fd);
+	}
 	atomic_store(&g_mems[m->id], NULL);
 	munmap(m->pages, m->npages * sizeof(struct uhmm_dpage));
 	free((void *)m->bitmap);
@@ -296,6 +467,8 @@ UHMM_API int uhmm_devmem_remove(struct uhmm_devmem *m)
 	if (!m)
 		return -EINVAL;
 	struct uhmm_device *d = m->dev;
+	if (atomic_load(&m->maps) > 0)
+		return -EBUSY; /* persistent memory the application still maps */
 	atomic_store(&m->dead, true);
 	int r = devmem_evacuate(m);
 	if (r) {

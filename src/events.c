@@ -6,11 +6,13 @@
  */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
 
 struct discard_arg {
 	struct uhmm *h;
+	enum uhmm_event ev;
 };
 
 static int discard_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
@@ -29,7 +31,17 @@ static int discard_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		uint64_t old;
 		if (!pte_trylock(e, &old))
 			continue;
-		if (pte_state(old) == UHMM_STATE_DEVICE)
+		if (pte_state(old) == UHMM_STATE_DEVICE_COHERENT && da->ev == UHMM_EVENT_DISCARD) {
+			/* madvise on a shared file mapping keeps the file's data:
+			 * empty the page so it reads as zeros, as private memory
+			 * would; it stays coherent. */
+			struct uhmm_devmem *m = devmem_of(pte_dpage(old));
+			fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			          (off_t)(dpage_index(m, pte_dpage(old)) * PAGE_SIZE), (off_t)PAGE_SIZE);
+			page_unlock(da->h, e, old);
+			return 0;
+		}
+		if (pte_state(old) == UHMM_STATE_DEVICE || pte_state(old) == UHMM_STATE_DEVICE_COHERENT)
 			dpage_put(pte_dpage(old));
 		page_unlock(da->h, e, UHMM_STATE_NONE);
 		return 0;
@@ -39,7 +51,7 @@ static int discard_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_event ev)
 {
 	mirror_invalidate(h, start, end, ev, NULL);
-	struct discard_arg da = { h };
+	struct discard_arg da = { h, ev };
 	ptable_walk(&h->pt, start, end, discard_one, &da);
 }
 
@@ -73,9 +85,9 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		return 0;
 	}
 	uint64_t nold = pte_lock(ne);
-	if (pte_state(nold) == UHMM_STATE_DEVICE)
+	if (pte_state(nold) == UHMM_STATE_DEVICE || pte_state(nold) == UHMM_STATE_DEVICE_COHERENT)
 		dpage_put(pte_dpage(nold));
-	if (pte_state(v) == UHMM_STATE_DEVICE)
+	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
 		pte_dpage(v)->vaddr = na;
 	page_unlock(h, ne, v);
 	page_unlock(h, e, UHMM_STATE_NONE);

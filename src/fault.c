@@ -163,6 +163,11 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 	case UHMM_STATE_POISONED:
 		page_unlock(h, e, v);
 		return -EFAULT;
+	case UHMM_STATE_DEVICE_COHERENT:
+		/* Mapped in place; the fault raced a granule's move (now done). */
+		page_unlock(h, e, v);
+		wake_range(h, page, PAGE_SIZE);
+		return 0;
 	default:
 		break;
 	}

@@ -149,10 +149,22 @@ struct uhmm_devmem {
 	bool host_registered;       /* pool registered with the uffd (UFFDIO_MOVE) */
 	_Atomic bool dead;          /* being removed or device lost: no allocation */
 	_Atomic uint64_t dirty;     /* stack of freed slots still holding data (index + 1) */
+	int fd;                     /* addressable classes: the memory file (else -1) */
+	_Atomic long maps;          /* persistent: live uhmm_devmem_map mappings */
 	struct uhmm_devmem *next;   /* device's list, under dev->lock */
 };
 
 struct uhmm_devmem *devmem_of(const struct uhmm_dpage *dp);
+static inline bool devmem_coherent(const struct uhmm_devmem *m)
+{
+	return (m->flags & UHMM_DEVMEM_ALLOW_MIGRATION) && !(m->flags & UHMM_DEVMEM_UNADDRESSABLE);
+}
+static inline bool devmem_persistent(const struct uhmm_devmem *m)
+{
+	return !(m->flags & UHMM_DEVMEM_ALLOW_MIGRATION);
+}
+/* n contiguous pages of one coherent block of d (0 or n). */
+size_t devmem_alloc_contig(struct uhmm_device *d, size_t n, struct uhmm_dpage **out);
 static inline size_t dpage_index(const struct uhmm_devmem *m, const struct uhmm_dpage *dp)
 {
 	return (size_t)(dp - m->pages);
@@ -187,6 +199,7 @@ struct uhmm_device {
 	pthread_mutex_t lock;          /* devmem list */
 	struct uhmm_devmem *mems;
 	size_t capacity;               /* grow on demand up to this (0 = no growth) */
+	bool coherent;                 /* migrations to it map coherent granules */
 	size_t grow_chunk;
 	unsigned grow_flags;
 	_Atomic unsigned fail;         /* fault injection (UHMM_DUMMY_FAIL_*) */
@@ -205,6 +218,8 @@ struct range_ent {
 	struct uhmm *h;
 	bool dying; /* range_remove in progress: no migration to a device */
 	bool pool;  /* a HOST_BACKED device pool registered with h's uffd, not managed memory */
+	bool persist;              /* a uhmm_devmem_map mapping of persistent memory */
+	struct uhmm_devmem *mem;   /* persist: its block */
 };
 /* Managed memory of h (not a pool) at addr?  Call inside ebr_enter/exit. */
 static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct range_ent *r);
@@ -222,8 +237,13 @@ int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end);
 void pool_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
 static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct range_ent *r)
 {
-	return range_lookup(addr, r) && r->h == h && !r->pool;
+	return range_lookup(addr, r) && r->h == h && !r->pool && !r->persist;
 }
+/* Like range_covered, also accepting persistent mappings of h's devices. */
+bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end);
+int persist_register(struct uhmm_devmem *m, uintptr_t start, uintptr_t end);
+void persist_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
+void persist_forget_mem(struct uhmm_devmem *m);
 
 /* ------------------------------------------------------------------------
  * userfaultfd wrappers (uffd.c).  All return 0 or -errno; partial results
@@ -234,6 +254,9 @@ static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct r
 #endif
 #ifndef UFFD_FEATURE_POISON
 #define UFFD_FEATURE_POISON (1ULL << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1ULL << 12)
 #endif
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1ULL << 13)
@@ -254,6 +277,7 @@ struct uffd_probe {
 void uffd_open_best(struct uffd_probe *p, int flags);
 int uffd_api(int fd, uint64_t want, uint64_t *got);
 int uffd_register(int fd, uintptr_t start, size_t len, bool wp, uint64_t *ioctls);
+int uffd_register_wp_only(int fd, uintptr_t start, size_t len);
 int uffd_unregister(int fd, uintptr_t start, size_t len);
 int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
 int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done);
@@ -363,6 +387,12 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval);
 int migrate_range_home(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_device *only);
 /* Bring back one device page given its descriptor (devmem evacuation). */
 int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp);
+/* Coherent memory (coherent.c): whole 2 MiB granules. */
+int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d);
+int coherent_home(struct uhmm *h, uintptr_t g);
+/* Our own mapping changes: the UNMAP/REMOVE events they raise are ignored. */
+void self_change_begin(struct uhmm *h, uintptr_t start, size_t len);
+void self_change_end(struct uhmm *h);
 /* Zero-fill (read: zero page, write: fresh page) a run of NONE pages. */
 int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write);
 

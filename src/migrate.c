@@ -111,16 +111,23 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 
 /* ---- system → device ---- */
 
-/* Our own MADV_DONTNEED: the REMOVE event it raises is ours, not the
- * application's (service.c compares the interval).  madvise returns as
- * soon as the service thread *read* the event, so the marker stays until
- * the batch that read it was handled. */
-static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
+/*
+ * Our own changes to registered mappings (MADV_DONTNEED in the copy
+ * fallback, mmap/mremap of coherent granules) raise REMOVE/UNMAP events
+ * that are ours, not the application's: service.c ignores events inside
+ * the marked interval.  The kernel call returns as soon as the service
+ * thread has *read* the event, so the marker stays until the batch that
+ * read it was handled.
+ */
+void self_change_begin(struct uhmm *h, uintptr_t start, size_t len)
 {
 	pthread_mutex_lock(&h->selfremove_lock);
 	atomic_store(&h->selfremove_start, start);
 	atomic_store(&h->selfremove_end, start + len);
-	madvise((void *)start, len, MADV_DONTNEED);
+}
+
+void self_change_end(struct uhmm *h)
+{
 	uint64_t seq = atomic_load(&h->svc_seq);
 	if (seq & 1)
 		while (atomic_load(&h->svc_seq) == seq)
@@ -128,6 +135,13 @@ static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 	atomic_store(&h->selfremove_start, 0);
 	atomic_store(&h->selfremove_end, 0);
 	pthread_mutex_unlock(&h->selfremove_lock);
+}
+
+static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
+{
+	self_change_begin(h, start, len);
+	madvise((void *)start, len, MADV_DONTNEED);
+	self_change_end(h);
 }
 
 /* Copy + unmap for pages p[0..k) (one run of a block).  The write-protect
@@ -359,6 +373,14 @@ static int home_visit(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
 	struct home_arg *ha = arg;
 	uint64_t v = atomic_load(e);
+	if (pte_state(v) == UHMM_STATE_DEVICE_COHERENT &&
+	    (!ha->only || devmem_of(pte_dpage(v))->dev == ha->only)) {
+		if (ha->n)
+			home_flush(ha);
+		if (coherent_home(ha->h, addr & ~(uintptr_t)(UHMM_COHERENT_GRANULE - 1)))
+			ha->failed++;
+		return 0;
+	}
 	/* A busy page may be on its way to a device: check it under the lock. */
 	if (pte_state(v) != UHMM_STATE_DEVICE && !(v & PTE_BUSY))
 		return 0;
@@ -394,6 +416,10 @@ int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp)
 	if (!e)
 		return -EAGAIN;
 	uint64_t v = pte_lock(e);
+	if (pte_state(v) == UHMM_STATE_DEVICE_COHERENT && pte_dpage(v) == dp) {
+		page_unlock(h, e, v);
+		return coherent_home(h, va & ~(uintptr_t)(UHMM_COHERENT_GRANULE - 1));
+	}
 	if (pte_state(v) != UHMM_STATE_DEVICE || pte_dpage(v) != dp) {
 		page_unlock(h, e, v);
 		return -EAGAIN;
@@ -403,6 +429,48 @@ int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp)
 	mpage_unlock(h, &p);
 	wake_range(h, va, PAGE_SIZE);
 	return p.err;
+}
+
+/* ---- coherent memory: whole granules ---- */
+
+static void migrate_coherent(struct uhmm *h, uintptr_t a, uintptr_t end, struct uhmm_device *to,
+                             size_t *migrated, size_t *skipped)
+{
+	uintptr_t g0 = (a + UHMM_COHERENT_GRANULE - 1) & ~(uintptr_t)(UHMM_COHERENT_GRANULE - 1);
+	if (g0 >= end || end - g0 < UHMM_COHERENT_GRANULE) {
+		*skipped += (end - a) / PAGE_SIZE; /* no whole granule inside */
+		return;
+	}
+	uintptr_t gend = end & ~(uintptr_t)(UHMM_COHERENT_GRANULE - 1);
+	*skipped += (g0 - a + end - gend) / PAGE_SIZE;
+	for (uintptr_t g = g0; g < gend; g += UHMM_COHERENT_GRANULE) {
+		if (!range_covered(h, g, g + UHMM_COHERENT_GRANULE, false)) {
+			*skipped += UHMM_COHERENT_GRANULE / PAGE_SIZE;
+			continue;
+		}
+		int r = coherent_to_device(h, g, to);
+		if (r >= 0)
+			*migrated += UHMM_COHERENT_GRANULE / PAGE_SIZE;
+		else
+			*skipped += UHMM_COHERENT_GRANULE / PAGE_SIZE;
+	}
+}
+
+/* Granules of [a, end) that are coherent come home whole (more than asked
+ * for at the edges: they are in system memory afterwards either way). */
+static int coherent_range_home(struct uhmm *h, uintptr_t a, uintptr_t end)
+{
+	int rc = 0;
+	for (uintptr_t pa = a & ~(uintptr_t)(UHMM_COHERENT_GRANULE - 1); pa < end;
+	     pa += UHMM_COHERENT_GRANULE) {
+		_Atomic uint64_t *e = ptable_entry(&h->pt, MAX(pa, a), false);
+		if (e && pte_state(atomic_load(e)) == UHMM_STATE_DEVICE_COHERENT) {
+			int r = coherent_home(h, pa);
+			if (r && !rc)
+				rc = r;
+		}
+	}
+	return rc;
 }
 
 /* ---- the public call ---- */
@@ -418,7 +486,8 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 	if (to && to->h != h)
 		return -EINVAL;
 	uintptr_t a = (uintptr_t)addr, end = a + len;
-	if (!range_covered(h, a, end, to == NULL))
+	if (!(to == NULL ? range_covered_any(h, a, end) || range_covered(h, a, end, true)
+	                 : range_covered_any(h, a, end)))
 		return -EINVAL;
 	if (to) {
 		pthread_rwlock_rdlock(&h->fork_lock);
@@ -432,8 +501,26 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 		r = -ENOMEM;
 		goto out;
 	}
-	for (uintptr_t b = a; b < end; b += BATCH_PAGES * PAGE_SIZE) {
-		uintptr_t be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
+	if (to && to->coherent) {
+		migrate_coherent(h, a, end, to, &migrated, &skipped);
+		goto done;
+	}
+	if (!to)
+		coherent_range_home(h, a, end);
+	for (uintptr_t b = a, be; b < end; b = be) {
+		be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
+		struct range_ent re;
+		unsigned tok = ebr_enter();
+		bool found = range_lookup(b, &re);
+		ebr_exit(tok);
+		if (found && re.persist) {
+			/* Persistent memory never moves. */
+			be = MIN(end, re.end);
+			skipped += (be - b) / PAGE_SIZE;
+			continue;
+		}
+		if (found)
+			be = MIN(be, re.end);
 		if (to && !range_covered(h, b, be, false)) {
 			/* Being removed: takes no new device pages. */
 			skipped += (be - b) / PAGE_SIZE;
@@ -487,6 +574,7 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 		if (!to && n)
 			wake_range(h, b, be - b);
 	}
+done:
 	stat_add(h, ST_SKIPPED, skipped);
 out:
 	free(p);

@@ -255,10 +255,21 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 			}
 			break;
 		}
-		case UHMM_STATE_DEVICE_COHERENT:
-			ent->flags = UHMM_ENTRY_VALID | UHMM_ENTRY_COHERENT | wr;
+		case UHMM_STATE_DEVICE_COHERENT: {
+			/* Addressable: every device may use it in place. */
+			struct uhmm_dpage *dp = pte_dpage(v);
+			struct uhmm_devmem *mem = devmem_of(dp);
+			if (mem && mem->dev == m->dev) {
+				ent->flags = UHMM_ENTRY_DEVICE_LOCAL | UHMM_ENTRY_COHERENT | wr;
+				ent->mem = mem;
+				ent->index = dpage_index(mem, dp);
+			} else {
+				ent->flags = (fault ? UHMM_ENTRY_VALID : UHMM_ENTRY_DEVICE_REMOTE) |
+				             UHMM_ENTRY_COHERENT | wr;
+			}
 			i++;
 			break;
+		}
 		default: /* POISONED */
 			ent->flags = UHMM_ENTRY_ERROR;
 			if (fault) {

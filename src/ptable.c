@@ -206,7 +206,8 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 		if (v & PTE_DISCARD) {
 			/* The CPU side discarded the page while we held it: the
 			 * data is gone by the application's own request. */
-			if (pte_state(nv) == UHMM_STATE_DEVICE)
+			if (pte_state(nv) == UHMM_STATE_DEVICE ||
+			    pte_state(nv) == UHMM_STATE_DEVICE_COHERENT)
 				drop = pte_dpage(nv);
 			nv = UHMM_STATE_NONE;
 		}

@@ -7,14 +7,25 @@ UHMM_API int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct 
 	uintptr_t a = (uintptr_t)addr;
 	if (!h || !out || !addr || !npages || !aligned(a) || npages > (UINTPTR_MAX - a) / PAGE_SIZE)
 		return -EINVAL;
-	if (!range_covered(h, a, a + npages * PAGE_SIZE, true))
+	if (!range_covered(h, a, a + npages * PAGE_SIZE, true) &&
+	    !range_covered_any(h, a, a + npages * PAGE_SIZE))
 		return -ENOENT;
 	for (size_t i = 0; i < npages; i++) {
+		struct range_ent r;
+		unsigned tok = ebr_enter();
+		bool persist = range_lookup(a + i * PAGE_SIZE, &r) && r.persist;
+		ebr_exit(tok);
+		if (persist) {
+			/* Persistent memory: the CPU uses device memory in place. */
+			out[i].state = UHMM_STATE_DEVICE_COHERENT;
+			out[i].device = r.mem->dev;
+			continue;
+		}
 		_Atomic uint64_t *e = ptable_entry(&h->pt, a + i * PAGE_SIZE, false);
 		uint64_t v = e ? atomic_load(e) : 0;
 		out[i].state = (enum uhmm_state)pte_state(v);
 		out[i].device = NULL;
-		if (out[i].state == UHMM_STATE_DEVICE) {
+		if (out[i].state == UHMM_STATE_DEVICE || out[i].state == UHMM_STATE_DEVICE_COHERENT) {
 			struct uhmm_devmem *m = devmem_of(pte_dpage(v));
 			out[i].device = m ? m->dev : NULL;
 		}

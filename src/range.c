@@ -66,7 +66,7 @@ long range_list(struct uhmm *h, struct range_ent **out)
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < total; i++)
-		if (s->e[i].h == h && !s->e[i].pool)
+		if (s->e[i].h == h && !s->e[i].pool && !s->e[i].persist)
 			v[n++] = s->e[i];
 	ebr_exit(tok);
 	*out = v;
@@ -108,7 +108,7 @@ static void set_cut(struct range_set *s, struct uhmm *h, uintptr_t start, uintpt
 	size_t n = s->n;
 	for (size_t i = 0; i < n; i++) {
 		struct range_ent *r = &s->e[i];
-		if (r->h != h || r->pool != pool || r->end <= start || r->start >= end)
+		if (r->h != h || r->pool != pool || r->persist || r->end <= start || r->start >= end)
 			continue;
 		if (r->start < start && r->end > end) {
 			struct range_ent tail = *r;
@@ -130,8 +130,16 @@ static void set_cut(struct range_set *s, struct uhmm *h, uintptr_t start, uintpt
 	s->n = k;
 }
 
+static int registry_insert_ent(struct range_ent ent);
+
 static int registry_insert(struct uhmm *h, uintptr_t start, uintptr_t end, bool pool)
 {
+	return registry_insert_ent((struct range_ent){ .start = start, .end = end, .h = h, .pool = pool });
+}
+
+static int registry_insert_ent(struct range_ent ent)
+{
+	uintptr_t start = ent.start, end = ent.end;
 	pthread_mutex_lock(&g_lock);
 	struct range_set *old = atomic_load(&g_ranges);
 	for (size_t i = 0; old && i < old->n; i++) {
@@ -145,7 +153,7 @@ static int registry_insert(struct uhmm *h, uintptr_t start, uintptr_t end, bool 
 		pthread_mutex_unlock(&g_lock);
 		return -ENOMEM;
 	}
-	s->e[s->n++] = (struct range_ent){ .start = start, .end = end, .h = h, .pool = pool };
+	s->e[s->n++] = ent;
 	publish(s);
 	pthread_mutex_unlock(&g_lock);
 	return 0;
@@ -154,6 +162,53 @@ static int registry_insert(struct uhmm *h, uintptr_t start, uintptr_t end, bool 
 int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	return registry_insert(h, start, end, true);
+}
+
+int persist_register(struct uhmm_devmem *m, uintptr_t start, uintptr_t end)
+{
+	return registry_insert_ent((struct range_ent){ .start = start, .end = end, .h = m->dev->h,
+	                                               .persist = true, .mem = m });
+}
+
+/* Drop persistent entries of h in [start,end) (all of mem's if mem). */
+static void persist_drop(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_devmem *mem)
+{
+	pthread_mutex_lock(&g_lock);
+	struct range_set *s = set_dup(0);
+	if (s) {
+		size_t k = 0;
+		for (size_t i = 0; i < s->n; i++) {
+			struct range_ent *r = &s->e[i];
+			bool drop = r->persist && r->h == h &&
+			            (mem ? r->mem == mem : (r->start >= start && r->end <= end));
+			if (!drop)
+				s->e[k++] = *r;
+		}
+		s->n = k;
+		publish(s);
+	}
+	pthread_mutex_unlock(&g_lock);
+}
+
+void persist_forget(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	persist_drop(h, start, end, NULL);
+}
+
+void persist_forget_mem(struct uhmm_devmem *m)
+{
+	persist_drop(m->dev->h, 0, 0, m);
+}
+
+bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	unsigned tok = ebr_enter();
+	uintptr_t at = start;
+	struct range_ent r;
+	while (at < end && range_lookup(at, &r) && r.h == h && !r.pool && !r.dying)
+		at = r.end;
+	ebr_exit(tok);
+	return at >= end;
 }
 
 static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op, uintptr_t to)
@@ -171,7 +226,7 @@ static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op
 		size_t n = s->n;
 		for (size_t i = 0; i < n; i++) {
 			struct range_ent *r = &s->e[i];
-			if (r->h != h || r->pool || r->end <= start || r->start >= end)
+			if (r->h != h || r->pool || r->persist || r->end <= start || r->start >= end)
 				continue;
 			if (r->start < start) {
 				struct range_ent head = *r;

@@ -104,6 +104,15 @@ int uffd_register(int fd, uintptr_t start, size_t len, bool wp, uint64_t *ioctls
 	return r;
 }
 
+int uffd_register_wp_only(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+	return xioctl(fd, UFFDIO_REGISTER, &reg);
+}
+
 int uffd_unregister(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range range = { .start = start, .len = len };

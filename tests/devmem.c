@@ -27,10 +27,10 @@ static void devmem_flags(void **state)
 		{ MIG | UNA, 0 },            /* DEVICE implied */
 		{ UNA, -EINVAL },            /* unreachable data */
 		{ DEV | UNA, -EINVAL },
-		{ 0, -EOPNOTSUPP },          /* = DEVICE: addressable in place */
-		{ DEV, -EOPNOTSUPP },
-		{ DEV | MIG, -EOPNOTSUPP },  /* coherent */
-		{ MIG, -EOPNOTSUPP },
+		{ 0, 0 },                    /* = DEVICE: persistent, in place, never migrated */
+		{ DEV, 0 },
+		{ DEV | MIG, 0 },            /* coherent: in place, migratable */
+		{ MIG, 0 },
 		{ 1u << 3, -EINVAL },        /* unknown bits */
 		{ DEV | MIG | UNA | (1u << 3), -EINVAL },
 		{ DEV | MIG | UNA | 0x80000000u, -EINVAL },
@@ -50,8 +50,11 @@ static void devmem_flags(void **state)
 		}
 		if (rc == 0) {
 			assert_non_null(m);
-			assert_int_equal(uhmm_devmem_flags(m), DEV | MIG | UNA);
-			assert_int_equal(uhmm_devmem_npages(m), 16);
+			unsigned want = tab[i].flags | DEV;
+			assert_int_equal(uhmm_devmem_flags(m), want);
+			/* Coherent memory comes in whole 2 MiB granules. */
+			assert_int_equal(uhmm_devmem_npages(m),
+			                 want == (DEV | MIG) ? UHMM_COHERENT_GRANULE / PS() : 16);
 			assert_int_equal(uhmm_devmem_used(m), 0);
 			assert_ptr_equal(uhmm_devmem_device(m), d);
 			assert_non_null(uhmm_devmem_host_addr(m, 0));
@@ -84,10 +87,19 @@ static void devmem_flags(void **state)
 	struct uhmm_dummy_options o;
 	struct uhmm_device *dd = NULL;
 	memset(&o, 0, sizeof(o));
-	o.devmem_flags = DEV;
-	assert_int_equal(uhmm_dummy_create(h, &o, &dd), -EOPNOTSUPP);
-	o.devmem_flags = DEV | MIG;
-	assert_int_equal(uhmm_dummy_create(h, &o, &dd), -EOPNOTSUPP);
+	o.devmem_flags = DEV; /* persistent */
+	assert_int_equal(uhmm_dummy_create(h, &o, &dd), 0);
+	assert_non_null(uhmm_dummy_devmem(dd));
+	assert_int_equal(uhmm_devmem_flags(uhmm_dummy_devmem(dd)), DEV);
+	assert_int_equal(uhmm_device_destroy(dd), 0);
+	o.devmem_flags = DEV | MIG; /* coherent */
+	assert_int_equal(uhmm_dummy_create(h, &o, &dd), 0);
+	assert_int_equal(uhmm_devmem_flags(uhmm_dummy_devmem(dd)), DEV | MIG);
+	assert_int_equal(uhmm_device_destroy(dd), 0);
+	o.devmem_flags = DEV | MIG | UNA;
+	o.path = "/dev/shm/x"; /* private memory has no backing file */
+	assert_int_equal(uhmm_dummy_create(h, &o, &dd), -EINVAL);
+	o.path = NULL;
 	o.devmem_flags = UNA;
 	assert_int_equal(uhmm_dummy_create(h, &o, &dd), -EINVAL);
 	o.devmem_flags = 1u << 9;

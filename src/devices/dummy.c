@@ -339,6 +339,18 @@ UHMM_API int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags)
 	return 0;
 }
 
+UHMM_API struct uhmm_devmem *uhmm_dummy_devmem(struct uhmm_device *d)
+{
+	if (!dummy_of(d))
+		return NULL;
+	pthread_mutex_lock(&d->lock);
+	struct uhmm_devmem *m = d->mems;
+	while (m && m->next)
+		m = m->next; /* the list is newest first: the first block is last */
+	pthread_mutex_unlock(&d->lock);
+	return m;
+}
+
 UHMM_API int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c)
 {
 	struct dummy *dm = dummy_of(d);
@@ -371,9 +383,18 @@ UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *
 	flags |= UHMM_DEVMEM_DEVICE;
 	if ((flags & UHMM_DEVMEM_UNADDRESSABLE) && !(flags & UHMM_DEVMEM_ALLOW_MIGRATION))
 		return -EINVAL;
-	if (!(flags & UHMM_DEVMEM_UNADDRESSABLE))
-		return -EOPNOTSUPP;
-	cap = (cap + UHMM_DUMMY_CHUNK - 1) / UHMM_DUMMY_CHUNK * UHMM_DUMMY_CHUNK;
+	bool persistent = !(flags & UHMM_DEVMEM_ALLOW_MIGRATION);
+	const char *path = o ? o->path : NULL;
+	if (path && (flags & UHMM_DEVMEM_UNADDRESSABLE))
+		return -EINVAL; /* private memory has no file */
+	if (persistent) {
+		/* One block, all of it at once: it is what the application maps. */
+		if (!o || !o->capacity)
+			cap = UHMM_DUMMY_CHUNK;
+		cap = (cap + PAGE_SIZE - 1) & ~PAGE_MASK;
+	} else {
+		cap = (cap + UHMM_DUMMY_CHUNK - 1) / UHMM_DUMMY_CHUNK * UHMM_DUMMY_CHUNK;
+	}
 
 	struct dummy *dm = calloc(1, sizeof(*dm));
 	if (!dm)
@@ -389,9 +410,28 @@ UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *
 	}
 	dm->dev = d;
 	d->capacity = cap;
-	d->grow_chunk = UHMM_DUMMY_CHUNK;
+	d->grow_chunk = persistent ? 0 : UHMM_DUMMY_CHUNK;
 	d->grow_flags = flags;
 	d->backend = dm;
+	if (persistent || path) {
+		struct uhmm_devmem *m;
+		r = path ? uhmm_devmem_add_file(d, path, persistent ? cap : UHMM_DUMMY_CHUNK, flags, &m)
+		         : uhmm_devmem_add(d, cap, flags, &m);
+		if (r) {
+			uhmm_device_destroy(d);
+			dummy_destroy(&(struct uhmm_device){ .backend = dm });
+			return r;
+		}
+	} else if (!(flags & UHMM_DEVMEM_UNADDRESSABLE)) {
+		/* Coherent: make sure this kernel can do it before promising. */
+		struct uhmm_devmem *m;
+		r = uhmm_devmem_add(d, UHMM_DUMMY_CHUNK, flags, &m);
+		if (r) {
+			uhmm_device_destroy(d);
+			dummy_destroy(&(struct uhmm_device){ .backend = dm });
+			return r;
+		}
+	}
 	static const struct uhmm_mirror_ops mops = { .invalidate = dummy_invalidate };
 	r = uhmm_mirror_register(d, &mops, dm, &dm->mirror);
 	if (r) {
