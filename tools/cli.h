@@ -18,6 +18,7 @@
 /* Subcommand entry points: argv[0] is the subcommand's name. */
 int cmd_info(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* Print the full help of one subcommand (synopsis and description). */
 void cli_help(FILE *f, const char *cmd);

@@ -48,10 +48,21 @@ static const struct cli_cmd commands[] = {
 	  "                 (powers of 1024); rounded up to whole pages\n"
 	  "  -m, --mode M   fault mode: auto (default: UHMM_FAULT_MODE, else the\n"
 	  "                 best mode that works here), thread or sigbus\n" },
-	/*
-	 * Future: { "bench", cmd_bench, "[...]", "measure fault and migration costs", ... },
-	 * implemented in tools/bench.c.
-	 */
+	{ "bench", cmd_bench, "[CASE...] [--size S] [--threads N] [--reps R] [--json FILE] [--quick]",
+	  "measure fault and migration costs against same-run baselines",
+	  "Run each benchmark case and, in the same run, its baseline (memcpy or\n"
+	  "the kernel's own first-touch fault); print the median of R repetitions\n"
+	  "with min/max, the ratio uhmm/baseline, the target and PASS/MISS\n"
+	  "(targets are reported, never enforced: see docs/PERFORMANCE.md).\n"
+	  "Exits 1 only if a case failed to run or lost data.\n"
+	  "\n"
+	  "  CASE...          cases to run (default: all; 'uhmm bench --list')\n"
+	  "  -s, --size S     bytes per case (default 1G; K/M/G/T suffixes)\n"
+	  "  -t, --threads N  threads for the 'threads' case (default 2)\n"
+	  "  -r, --reps R     repetitions per figure (default 5)\n"
+	  "  -j, --json FILE  also write the results as JSON (bench/plot.sh plots it)\n"
+	  "  -q, --quick      smoke run: 16 MiB, 3 repetitions (a few seconds)\n"
+	  "  -l, --list       list the cases\n" },
 	{ "help", cmd_help, "[COMMAND]", "show this help, or the help of COMMAND",
 	  "Show the list of commands, or the full help of COMMAND.\n" },
 };
