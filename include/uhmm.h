@@ -535,10 +535,11 @@ int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c
  * Exclusive (atomic) device access to [addr, addr + npages pages): the
  * pages move into the device's memory (never-populated ones are populated
  * first) and are marked exclusive in its page table; any CPU touch brings
- * them back and revokes the exclusivity.  Fails: -EINVAL bad arguments;
- * -EFAULT / -EPERM no (write) access; -EBUSY a page could not be made
- * exclusive (out of device memory, held by another device) — pages already
- * made exclusive stay so.
+ * them back and revokes the exclusivity.  A page held by another device is
+ * taken from it (through system memory), as the kernel does.  Fails:
+ * -EINVAL bad arguments; -EFAULT / -EPERM no (write) access; -EBUSY a page
+ * could not be made exclusive (out of device memory) — pages already made
+ * exclusive stay so.
  */
 int uhmm_dummy_exclusive(struct uhmm_device *d, void *addr, size_t npages);
 /* 0 if the CPU revoked exclusivity of every page; -EPERM if one is still exclusive. */

@@ -51,10 +51,15 @@ static void atfork_parent(void)
 
 static void atfork_child(void)
 {
-	/* The child's contexts are unusable (no service thread, no
-	 * registration); release the locks so it can at least exit cleanly. */
+	/* The child inherits none of the parent's live state: no service
+	 * thread, no registration (no EVENT_FORK), no pools (DONTFORK).  Its
+	 * copies of the parent's contexts are unusable (calls on them return
+	 * -ECHILD); forget them so the child can open its own. */
 	for (struct uhmm *h = g_contexts; h; h = h->next_ctx)
 		pthread_rwlock_unlock(&h->fork_lock);
+	g_contexts = NULL;
+	registry_reset_child();
+	ebr_reset_child();
 	contexts_unlock();
 }
 

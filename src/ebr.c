@@ -90,6 +90,18 @@ void ebr_retire(void *p)
 	pthread_mutex_unlock(&g_lock);
 }
 
+void ebr_reset_child(void)
+{
+	/* Readers were other threads of the parent: they do not exist here.
+	 * Retired objects are the parent's; forgetting them leaks a little
+	 * in the child rather than freeing what another reader might use. */
+	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+	g_lock = fresh;
+	atomic_store(&g_active[0], 0);
+	atomic_store(&g_active[1], 0);
+	g_retired = NULL;
+}
+
 void ebr_synchronize(void)
 {
 	pthread_mutex_lock(&g_lock);

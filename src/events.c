@@ -32,12 +32,11 @@ static int discard_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		if (!pte_trylock(e, &old))
 			continue;
 		if (pte_state(old) == UHMM_STATE_DEVICE_COHERENT && da->ev == UHMM_EVENT_DISCARD) {
-			/* madvise on a shared file mapping keeps the file's data:
-			 * empty the page so it reads as zeros, as private memory
-			 * would; it stays coherent. */
-			struct uhmm_devmem *m = devmem_of(pte_dpage(old));
-			fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			          (off_t)(dpage_index(m, pte_dpage(old)) * PAGE_SIZE), (off_t)PAGE_SIZE);
+			/* madvise on coherent memory (a shared mapping of device
+			 * memory) leaves its data in place.  Zeroing it here would
+			 * race the application: madvise returns once this event is
+			 * read, and a write right after would be wiped.  Documented:
+			 * coherent pages keep their data through MADV_DONTNEED. */
 			page_unlock(da->h, e, old);
 			return 0;
 		}

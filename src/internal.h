@@ -57,6 +57,7 @@ unsigned ebr_enter(void);
 void ebr_exit(unsigned token);
 void ebr_retire(void *p);  /* free(p) later; never from a signal handler */
 void ebr_synchronize(void); /* wait until all current readers left, then reclaim */
+void ebr_reset_child(void); /* after fork, in the child: no reader exists */
 
 /* ------------------------------------------------------------------------
  * Sparse page table (ptable.c): a radix tree of 64-bit entries keyed by
@@ -234,6 +235,7 @@ void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool k
 long range_list(struct uhmm *h, struct range_ent **out);
 int range_remove_locked_all(struct uhmm *h);
 int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end);
+void registry_reset_child(void); /* after fork, in the child: the parent's ranges are not ours */
 void pool_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
 static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct range_ent *r)
 {
@@ -375,6 +377,7 @@ struct mpage {
 	uint64_t new;             /* value to publish at unlock */
 	struct uhmm_dpage *dp;    /* destination (to device) or source (to system) */
 	int err;                  /* 0 = moved */
+	bool copied;              /* came home by copy: its pool slot still holds data */
 };
 /* Bring device pages back to system memory (pages[i].old is DEVICE). */
 void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator);
@@ -403,6 +406,7 @@ int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write);
 #define FAULT_SERVICE (1u << 1) /* on the service thread: never sleep on a page lock */
 /* 0 resolved; -EAGAIN busy (retry later); -EFAULT the access must get SIGBUS. */
 int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags);
+extern _Atomic long g_svc_busy;
 int service_start(struct uhmm *h);
 void service_stop(struct uhmm *h);
 void service_kick(struct uhmm *h);

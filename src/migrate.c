@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 static bool dev_failing(const struct uhmm_device *d)
 {
@@ -56,6 +57,17 @@ static void run_home(struct uhmm *h, struct mpage *p, size_t k)
 	} else if (m->host_registered) {
 		r = uffd_move(h->uffd, p[0].addr, (uintptr_t)dpage_host(m, p[0].dp), len, &done);
 		stat_add(h, ST_MOVE_CALLS, 1);
+		if (r && r != -EEXIST) {
+			/* UFFDIO_MOVE wants both mappings alike (a read-only range
+			 * is not): copy the rest; those slots are emptied on reuse. */
+			size_t more = 0;
+			r = uffd_copy(h->uffd, p[0].addr + done, dpage_host(m, p[0].dp) + done,
+			              len - done, false, &more);
+			stat_add(h, ST_COPY_CALLS, 1);
+			for (size_t i = done / PAGE_SIZE; i < (done + more) / PAGE_SIZE; i++)
+				p[i].copied = true;
+			done += more;
+		}
 	} else if (m->host) {
 		r = uffd_copy(h->uffd, p[0].addr, dpage_host(m, p[0].dp), len, false, &done);
 		stat_add(h, ST_COPY_CALLS, 1);
@@ -100,7 +112,7 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 		}
 		struct uhmm_devmem *m = devmem_of(p[i].dp);
 		p[i].new = UHMM_STATE_SYSTEM;
-		if (m->host_registered)
+		if (m->host_registered && !p[i].copied)
 			dpage_put_clean(p[i].dp);
 		else
 			dpage_put(p[i].dp);
@@ -480,6 +492,8 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 {
 	if (!h)
 		return -EINVAL;
+	if (h->pid != getpid())
+		return -ECHILD;
 	int r = check_span(addr, len);
 	if (r)
 		return r;

@@ -200,6 +200,13 @@ void persist_forget_mem(struct uhmm_devmem *m)
 	persist_drop(m->dev->h, 0, 0, m);
 }
 
+void registry_reset_child(void)
+{
+	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+	g_lock = fresh;
+	atomic_store(&g_ranges, NULL); /* the parent's array: left alone, not freed */
+}
+
 bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	unsigned tok = ebr_enter();
@@ -435,7 +442,7 @@ static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 	if (atomic_load(e) == 0)
 		return 0;
 	uint64_t v = pte_lock(e);
-	if (pte_state(v) == UHMM_STATE_DEVICE)
+	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
 		dpage_put(pte_dpage(v));
 	page_unlock(ra->h, e, 0);
 	return 0;

@@ -25,6 +25,10 @@
 
 #define MSG_BATCH 64
 
+/* Service threads of all contexts between reading a batch and finishing
+ * it: a SIGBUS at an address whose mremap event is in such a batch waits. */
+_Atomic long g_svc_busy;
+
 struct deferred {
 	uintptr_t addr;
 	unsigned flags;
@@ -196,16 +200,19 @@ static void *service_main(void *arg)
 		/* Odd while a batch is read and handled: reading an event lets
 		 * the thread that caused it go on before we handled it. */
 		atomic_fetch_add(&h->svc_seq, 1);
+		atomic_fetch_add(&g_svc_busy, 1);
 		ssize_t n = read(h->uffd, msgs, sizeof(msgs));
 		if (n > 0) {
 			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
 				handle(&s, &msgs[i]);
+			atomic_fetch_sub(&g_svc_busy, 1);
 			atomic_fetch_add(&h->svc_seq, 1);
 			if (s.n)
 				retry_deferred(&s);
 			last = now_ns();
 			continue;
 		}
+		atomic_fetch_sub(&g_svc_busy, 1);
 		atomic_fetch_add(&h->svc_seq, 1);
 		if (n < 0 && errno != EAGAIN && errno != EINTR)
 			break;

@@ -16,6 +16,7 @@
  */
 #include "internal.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <ucontext.h>
@@ -68,7 +69,17 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	struct range_ent r;
 	unsigned tok = ebr_enter();
 	int rc = -ENOENT;
-	if (range_lookup(addr, &r) && r.h->mode == UHMM_FAULT_SIGBUS) {
+	bool found = range_lookup(addr, &r);
+	if (!found && atomic_load(&g_svc_busy) > 0) {
+		/* mremap returns once its REMAP event was read, not handled:
+		 * the new address may not be registered with us yet. */
+		ebr_exit(tok);
+		for (int i = 0; i < 100000 && atomic_load(&g_svc_busy) > 0; i++)
+			sched_yield();
+		tok = ebr_enter();
+		found = range_lookup(addr, &r);
+	}
+	if (found && r.h->mode == UHMM_FAULT_SIGBUS) {
 		if (r.pool) {
 			/* A device touched a free page of its pool: zeros. */
 			size_t done;

@@ -121,69 +121,86 @@ int uffd_unregister(int fd, uintptr_t start, size_t len)
 
 /* The kernel may stop early (EAGAIN when the mm is changing, or a
  * fatal-signal check); continue from where it stopped. */
+/*
+ * The kernel may stop early (EAGAIN when the mm is changing, or a
+ * fatal-signal check); continue from where it stopped.  A call is refused
+ * whole (EINVAL, ENOENT) when it spans two VMAs — a managed range split by
+ * mprotect, or being unmapped — so on a failure with no progress the next
+ * page is tried alone: only a page that fails by itself is a failure.
+ */
+#define UFFD_LOOP(call, field)                                                        \
+	size_t off = 0, chunk;                                                        \
+	int r = 0, again = 0;                                                         \
+	bool single = false;                                                          \
+	while (off < len) {                                                           \
+		chunk = single ? PAGE_SIZE : len - off;                               \
+		long long got = 0;                                                    \
+		r = call;                                                             \
+		if (got > 0)                                                          \
+			off += (size_t)got;                                           \
+		if (r == -EAGAIN)                                                     \
+			continue;                                                     \
+		if (!r) {                                                             \
+			single = false;                                               \
+			continue;                                                     \
+		}                                                                     \
+		if (got <= 0 && !single && len - off > PAGE_SIZE && r != -EEXIST &&    \
+		    r != -EBUSY) {                                                    \
+			single = true;                                                \
+			continue;                                                     \
+		}                                                                     \
+		if (r == -EBUSY && ++again < 3)                                       \
+			continue;                                                     \
+		break;                                                                \
+	}                                                                             \
+	if (done)                                                                     \
+		*done = off;                                                          \
+	return off == len ? 0 : (r ? r : -EIO)
+
+static int zp1(int fd, uintptr_t dst, size_t len, long long *got)
+{
+	struct uffdio_zeropage z = { .range = { .start = dst, .len = len },
+	                             .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE };
+	int r = xioctl(fd, UFFDIO_ZEROPAGE, &z);
+	*got = z.zeropage;
+	return r;
+}
+
 int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
 {
-	size_t off = 0;
-	int r = 0;
-	while (off < len) {
-		struct uffdio_zeropage z = { .range = { .start = dst + off, .len = len - off },
-		                             .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE };
-		r = xioctl(fd, UFFDIO_ZEROPAGE, &z);
-		if (z.zeropage > 0)
-			off += (size_t)z.zeropage;
-		if (r == -EAGAIN)
-			continue;
-		if (r)
-			break;
-	}
-	if (done)
-		*done = off;
-	return off == len ? 0 : (r ? r : -EIO);
+	UFFD_LOOP(zp1(fd, dst + off, chunk, &got), zeropage);
+}
+
+static int cp1(int fd, uintptr_t dst, const void *src, size_t len, bool wp, long long *got)
+{
+	struct uffdio_copy c = {
+		.dst = dst, .src = (uintptr_t)src, .len = len,
+		.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0),
+	};
+	int r = xioctl(fd, UFFDIO_COPY, &c);
+	*got = c.copy;
+	return r;
 }
 
 int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done)
 {
-	size_t off = 0;
-	int r = 0;
-	while (off < len) {
-		struct uffdio_copy c = {
-			.dst = dst + off, .src = (uintptr_t)src + off, .len = len - off,
-			.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0),
-		};
-		r = xioctl(fd, UFFDIO_COPY, &c);
-		if (c.copy > 0)
-			off += (size_t)c.copy;
-		if (r == -EAGAIN)
-			continue;
-		if (r)
-			break;
-	}
-	if (done)
-		*done = off;
-	return off == len ? 0 : (r ? r : -EIO);
+	UFFD_LOOP(cp1(fd, dst + off, (const char *)src + off, chunk, wp, &got), copy);
 }
 
+static int mv1(int fd, uintptr_t dst, uintptr_t src, size_t len, long long *got)
+{
+	struct uffdio_move m = { .dst = dst, .src = src, .len = len,
+	                         .mode = 1 /* UFFDIO_MOVE_MODE_DONTWAKE */ };
+	int r = xioctl(fd, UFFDIO_MOVE, &m);
+	*got = m.move;
+	return r;
+}
+
+/* EBUSY (a page shared with a child after fork, or transiently pinned) is
+ * retried twice, then reported for that page. */
 int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
 {
-	size_t off = 0;
-	int r = 0, again = 0;
-	while (off < len) {
-		struct uffdio_move m = { .dst = dst + off, .src = src + off, .len = len - off,
-		                         .mode = 1 /* UFFDIO_MOVE_MODE_DONTWAKE */ };
-		r = xioctl(fd, UFFDIO_MOVE, &m);
-		if (m.move > 0)
-			off += (size_t)m.move;
-		/* EAGAIN: a page under kernel migration or a racing fault;
-		 * EBUSY from a transiently pinned/locked folio is retried too,
-		 * but shared (COW) pages stay EBUSY: give up after a few. */
-		if ((r == -EAGAIN || r == -EBUSY) && ++again < 8 && !(r == -EBUSY && again > 2))
-			continue;
-		if (r)
-			break;
-	}
-	if (done)
-		*done = off;
-	return off == len ? 0 : (r ? r : -EIO);
+	UFFD_LOOP(mv1(fd, dst + off, src + off, chunk, &got), move);
 }
 
 int uffd_wp(int fd, uintptr_t start, size_t len, bool protect)

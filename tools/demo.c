@@ -9,6 +9,16 @@
  *   4. verify    the CPU reads every page: each access faults the page home;
  *                every byte is compared with the expected value
  *
+ * --type coherent: the same buffer in coherent device memory (DEVICE |
+ * ALLOW_MIGRATION): after migration the CPU reads, checks and transforms
+ * every page in place with no CPU fault, the device sees the CPU's writes,
+ * an explicit migration brings the granules back, the CPU verifies.
+ *
+ * --type persistent: persistent device memory (DEVICE only) over a file in
+ * /dev/shm: the CPU maps it (uhmm_devmem_map) and writes it in place, a
+ * migration attempt skips every page, the context is closed, and a new
+ * context and device over the same file verify the data.
+ *
  * Exits 1 on any mismatch or library error.
  */
 #include <errno.h>
@@ -19,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -141,6 +152,8 @@ static void stats_delta(struct uhmm_stats *d, const struct uhmm_stats *a,
 	d->pages_poisoned = b->pages_poisoned - a->pages_poisoned;
 }
 
+enum demo_type { TYPE_PRIVATE, TYPE_COHERENT, TYPE_PERSISTENT };
+
 struct demo {
 	struct uhmm *h;
 	struct uhmm_device *dev;
@@ -148,7 +161,7 @@ struct demo {
 	size_t size, pagesz, npages, words; /* words per page */
 	struct uhmm_stats last;
 	double t0;
-	struct phase phases[4];
+	struct phase phases[6];
 	int nphases;
 	uint64_t device_bad_pages, device_bad_bytes; /* seen by the device in step 3 */
 	uint64_t cpu_bad_pages, cpu_bad_bytes;       /* seen by the CPU in step 4 */
@@ -269,8 +282,7 @@ static void step_verify(struct demo *d)
 	}
 }
 
-static void print_report(const struct demo *d, const struct uhmm_stats *tot,
-                         const struct uhmm_dummy_counters *dc)
+static void print_phases(const struct demo *d)
 {
 	printf("\n  %-30s %10s %10s %10s %10s %10s %10s\n", "phase", "time", "GB/s", "CPU faults",
 	       "to device", "to system", "dev faults");
@@ -283,6 +295,12 @@ static void print_report(const struct demo *d, const struct uhmm_stats *tot,
 		       ph->d.pages_to_device, ph->d.pages_to_system, ph->d.device_faults);
 	}
 	printf("  (GB/s = %zu bytes / phase time, 1 GB = 10^9 bytes)\n", d->size);
+}
+
+static void print_report(const struct demo *d, const struct uhmm_stats *tot,
+                         const struct uhmm_dummy_counters *dc)
+{
+	print_phases(d);
 
 	printf("\ncounters (uhmm_stats_get, whole run)\n");
 	printf("  pages moved to device      %" PRIu64 "\n", tot->pages_to_device);
@@ -290,7 +308,7 @@ static void print_report(const struct demo *d, const struct uhmm_stats *tot,
 	printf("  CPU faults served          %" PRIu64 " (%" PRIu64 " pages zero-filled, %" PRIu64
 	       " retried on a busy page)\n", tot->cpu_faults, tot->pages_zero_filled,
 	       tot->deferred_faults);
-	if (tot->cpu_faults && tot->pages_to_system)
+	if (tot->cpu_faults && tot->pages_to_system && d->nphases == 4)
 		printf("  pages per fault (home)     %.1f\n",
 		       (double)d->phases[3].d.pages_to_system /
 		       (double)(d->phases[3].d.cpu_faults ? d->phases[3].d.cpu_faults : 1));
@@ -305,11 +323,13 @@ static void print_report(const struct demo *d, const struct uhmm_stats *tot,
 	       " device fault rounds\n", dc->cpages, dc->faults);
 }
 
-static int parse_args(int argc, char **argv, size_t *size, enum uhmm_fault_mode *mode)
+static int parse_args(int argc, char **argv, size_t *size, enum uhmm_fault_mode *mode,
+                      enum demo_type *type)
 {
 	static const struct option longopts[] = {
 		{ "size", required_argument, NULL, 's' },
 		{ "mode", required_argument, NULL, 'm' },
+		{ "type", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -317,7 +337,7 @@ static int parse_args(int argc, char **argv, size_t *size, enum uhmm_fault_mode 
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, ":s:m:h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":s:m:t:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			if (cli_parse_size(optarg, size) < 0)
@@ -332,6 +352,18 @@ static int parse_args(int argc, char **argv, size_t *size, enum uhmm_fault_mode 
 				*mode = UHMM_FAULT_SIGBUS;
 			else
 				return cli_usage_error("demo", "invalid mode '%s' (auto, thread or sigbus)",
+				                       optarg);
+			break;
+		case 't':
+			if (strcmp(optarg, "private") == 0)
+				*type = TYPE_PRIVATE;
+			else if (strcmp(optarg, "coherent") == 0)
+				*type = TYPE_COHERENT;
+			else if (strcmp(optarg, "persistent") == 0)
+				*type = TYPE_PERSISTENT;
+			else
+				return cli_usage_error("demo",
+				                       "invalid type '%s' (private, coherent or persistent)",
 				                       optarg);
 			break;
 		case 'h':
@@ -350,6 +382,372 @@ static int parse_args(int argc, char **argv, size_t *size, enum uhmm_fault_mode 
 	return 0;
 }
 
+/* ---- --type coherent and --type persistent ---- */
+
+static int open_ctx(enum uhmm_fault_mode mode, struct uhmm **h)
+{
+	struct uhmm_options opts;
+	int rc;
+
+	memset(&opts, 0, sizeof(opts));
+	opts.fault_mode = mode;
+	rc = uhmm_open(&opts, h);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_open: %s\n", strerror(-rc));
+		fprintf(stderr, "uhmm demo: run 'uhmm info' to see whether userfaultfd works here\n");
+	}
+	return rc;
+}
+
+static void print_mode(const struct demo *d, enum uhmm_fault_mode mode)
+{
+	printf("  fault mode %s%s", mode_name(uhmm_fault_mode(d->h)),
+	       mode != UHMM_FAULT_AUTO ? "" :
+	       env_mode() ? " (from UHMM_FAULT_MODE)" : " (chosen by AUTO)");
+}
+
+/*
+ * One CPU pass over every page: word w of page pg must be
+ * pattern(pg, w) ^ expect; it is then XORed with apply (0: read only).
+ * Returns the number of bad pages.
+ */
+static uint64_t cpu_pass(struct demo *d, const char *who, uint64_t expect, uint64_t apply)
+{
+	uint64_t bad_pages = 0;
+
+	for (size_t pg = 0; pg < d->npages; pg++) {
+		uint64_t *q = (uint64_t *)(d->mem + pg * d->pagesz);
+		unsigned bad = 0;
+
+		for (size_t w = 0; w < d->words; w++) {
+			uint64_t want = pattern(pg, w) ^ expect, got = q[w];
+
+			if (got != want) {
+				report_mismatch(d, who, pg, w, want, got);
+				d->cpu_bad_bytes += bytes_differing(want, got);
+				bad = 1;
+			}
+			if (apply)
+				q[w] = got ^ apply;
+		}
+		bad_pages += bad;
+	}
+	d->cpu_bad_pages += bad_pages;
+	return bad_pages;
+}
+
+/* The device reads every page in place and compares with pattern ^ expect. */
+static int device_pass(struct demo *d, uint64_t *buf, uint64_t expect)
+{
+	struct uhmm_dummy_counters c = { 0, 0 };
+
+	for (size_t pg0 = 0; pg0 < d->npages; pg0 += BATCH_PAGES) {
+		size_t n = d->npages - pg0 < BATCH_PAGES ? d->npages - pg0 : BATCH_PAGES;
+		int rc = uhmm_dummy_read(d->dev, d->mem + pg0 * d->pagesz, buf, n, &c);
+
+		if (rc < 0) {
+			fprintf(stderr, "uhmm demo: uhmm_dummy_read at page %zu: %s\n", pg0,
+			        strerror(-rc));
+			return rc;
+		}
+		for (size_t i = 0; i < n; i++) {
+			const uint64_t *q = buf + i * d->words;
+			unsigned bad = 0;
+
+			for (size_t w = 0; w < d->words; w++) {
+				uint64_t want = pattern(pg0 + i, w) ^ expect;
+
+				if (q[w] != want) {
+					report_mismatch(d, "device read", pg0 + i, w, want, q[w]);
+					d->device_bad_bytes += bytes_differing(want, q[w]);
+					bad = 1;
+				}
+			}
+			d->device_bad_pages += bad;
+		}
+	}
+	return 0;
+}
+
+/* All npages pages in state st?  Prints the states under `when`. */
+static int expect_states(struct demo *d, const char *when, enum uhmm_state st)
+{
+	size_t counts[NSTATES];
+
+	if (count_states(d->h, d->mem, d->npages, d->pagesz, counts) < 0)
+		return -1;
+	print_states(when, counts);
+	if (counts[st] != d->npages) {
+		fprintf(stderr, "uhmm demo: %s: expected all %zu pages %s\n", when, d->npages,
+		        state_name(st));
+		return -1;
+	}
+	return 0;
+}
+
+static int demo_coherent(struct demo *d, enum uhmm_fault_mode mode)
+{
+	struct uhmm_dummy_options dopts;
+	struct uhmm_migrate_result mres = { 0, 0 };
+	struct uhmm_stats s0, s1, tot;
+	struct uhmm_dummy_counters dc = { 0, 0 };
+	uint64_t *buf = NULL;
+	char b1[32];
+	int rc, ret = CLI_EXIT_FAIL, ok = 1;
+
+	/* Only whole, aligned granules become coherent. */
+	d->size = (d->size + UHMM_COHERENT_GRANULE - 1) / UHMM_COHERENT_GRANULE *
+	          UHMM_COHERENT_GRANULE;
+	d->npages = d->size / d->pagesz;
+	if (open_ctx(mode, &d->h) < 0)
+		return CLI_EXIT_FAIL;
+	memset(&dopts, 0, sizeof(dopts));
+	dopts.capacity = d->size;
+	dopts.devmem_flags = UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION;
+	rc = uhmm_dummy_create(d->h, &dopts, &d->dev);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_dummy_create (coherent): %s\n", strerror(-rc));
+		if (rc == -EOPNOTSUPP)
+			fprintf(stderr, "uhmm demo: coherent memory needs userfaultfd write-protect "
+			        "on shmem (see 'uhmm info')\n");
+		goto out_close;
+	}
+	rc = uhmm_alloc(d->h, d->size, (void **)&d->mem);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_alloc(%zu): %s\n", d->size, strerror(-rc));
+		goto out_close;
+	}
+	buf = malloc(BATCH_PAGES * d->pagesz);
+	if (!buf) {
+		fprintf(stderr, "uhmm demo: out of memory\n");
+		goto out_free;
+	}
+
+	printf("uhmm demo --type coherent: %s of managed memory (%zu pages, %zu granules of "
+	       "%u KiB) at %p\n", cli_fmt_bytes(b1, sizeof(b1), d->size), d->npages,
+	       d->size / UHMM_COHERENT_GRANULE, UHMM_COHERENT_GRANULE >> 10, (void *)d->mem);
+	print_mode(d, mode);
+	printf(", device \"%s\" (dummy, coherent memory: a memory file the CPU maps)\n",
+	       uhmm_device_name(d->dev));
+	uhmm_stats_get(d->h, &s0);
+
+	printf("\n[1/6] CPU fills every page with a per-page pattern\n");
+	phase_begin(d);
+	step_fill(d);
+	phase_end(d, "1 fill (CPU first touch)");
+
+	printf("[2/6] migrate to coherent device memory (uhmm_migrate)\n");
+	phase_begin(d);
+	rc = uhmm_migrate(d->h, d->mem, d->size, d->dev, &mres);
+	phase_end(d, "2 migrate to device");
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_migrate: %s\n", strerror(-rc));
+		goto out_free;
+	}
+	printf("      %zu pages migrated, %zu skipped\n", mres.migrated, mres.skipped);
+	if (mres.migrated != d->npages || expect_states(d, "after migrate",
+	                                                UHMM_STATE_DEVICE_COHERENT) < 0)
+		ok = 0;
+
+	printf("[3/6] CPU reads, checks, transforms (xor 0xa5) and writes every page in place\n");
+	phase_begin(d);
+	cpu_pass(d, "CPU in-place read", 0, DEVICE_XOR);
+	phase_end(d, "3 CPU in place (read+xor+wr)");
+	printf("      %" PRIu64 " CPU faults (in place: none expected)\n",
+	       d->phases[2].d.cpu_faults);
+	if (d->phases[2].d.cpu_faults != 0 || d->phases[2].d.pages_to_system != 0 ||
+	    expect_states(d, "after CPU in place", UHMM_STATE_DEVICE_COHERENT) < 0)
+		ok = 0;
+
+	printf("[4/6] device reads every page in its own memory and checks the CPU's writes\n");
+	phase_begin(d);
+	rc = device_pass(d, buf, DEVICE_XOR);
+	phase_end(d, "4 device read + check");
+	if (rc < 0)
+		goto out_free;
+
+	printf("[5/6] explicit migration back to system memory (uhmm_migrate to NULL)\n");
+	phase_begin(d);
+	rc = uhmm_migrate(d->h, d->mem, d->size, NULL, &mres);
+	phase_end(d, "5 migrate back");
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_migrate back: %s\n", strerror(-rc));
+		goto out_free;
+	}
+	printf("      %zu pages migrated, %zu skipped\n", mres.migrated, mres.skipped);
+	if (mres.migrated != d->npages ||
+	    expect_states(d, "after migrate back", UHMM_STATE_SYSTEM) < 0)
+		ok = 0;
+
+	printf("[6/6] CPU reads every byte and verifies\n");
+	phase_begin(d);
+	cpu_pass(d, "CPU read-back", DEVICE_XOR, 0);
+	phase_end(d, "6 CPU read-back + verify");
+
+	uhmm_stats_get(d->h, &s1);
+	stats_delta(&tot, &s0, &s1);
+	uhmm_dummy_counters_get(d->dev, &dc);
+	print_report(d, &tot, &dc);
+
+	printf("\nresult\n");
+	if (d->device_bad_pages)
+		printf("  device saw %" PRIu64 " bad bytes in %" PRIu64 " pages\n",
+		       d->device_bad_bytes, d->device_bad_pages);
+	if (d->cpu_bad_pages)
+		printf("  CPU saw %" PRIu64 " bad bytes in %" PRIu64 " pages\n", d->cpu_bad_bytes,
+		       d->cpu_bad_pages);
+	if (d->device_bad_pages || d->cpu_bad_pages || !ok) {
+		printf("  FAILED: %s\n", ok ? "data mismatch" : "pages not where expected");
+		goto out_free;
+	}
+	printf("  OK: all %zu bytes changed in place by the CPU with 0 CPU faults, seen by the "
+	       "device, verified after migration back\n", d->size);
+	ret = CLI_EXIT_OK;
+
+out_free:
+	free(buf);
+	rc = uhmm_free(d->h, d->mem, d->size);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_free: %s\n", strerror(-rc));
+		ret = CLI_EXIT_FAIL;
+	}
+out_close:
+	rc = uhmm_close(d->h);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_close: %s\n", strerror(-rc));
+		ret = CLI_EXIT_FAIL;
+	}
+	return ret;
+}
+
+/* A context and a persistent dummy device over path, its memory mapped. */
+static int persistent_open(struct demo *d, enum uhmm_fault_mode mode, const char *path,
+                           int prot, struct uhmm_devmem **m)
+{
+	struct uhmm_dummy_options dopts;
+	int rc;
+
+	if (open_ctx(mode, &d->h) < 0)
+		return -1;
+	memset(&dopts, 0, sizeof(dopts));
+	dopts.capacity = d->size;
+	dopts.devmem_flags = UHMM_DEVMEM_DEVICE;
+	dopts.path = path;
+	rc = uhmm_dummy_create(d->h, &dopts, &d->dev);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_dummy_create (persistent, %s): %s\n", path,
+		        strerror(-rc));
+		uhmm_close(d->h);
+		return -1;
+	}
+	*m = uhmm_dummy_devmem(d->dev);
+	rc = uhmm_devmem_map(*m, 0, d->size, prot, (void **)&d->mem);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_devmem_map: %s\n", strerror(-rc));
+		uhmm_close(d->h);
+		return -1;
+	}
+	return 0;
+}
+
+static int persistent_close(struct demo *d, struct uhmm_devmem *m)
+{
+	int rc = uhmm_devmem_unmap(m, d->mem, d->size), rc2;
+
+	if (rc < 0)
+		fprintf(stderr, "uhmm demo: uhmm_devmem_unmap: %s\n", strerror(-rc));
+	rc2 = uhmm_close(d->h);
+	if (rc2 < 0)
+		fprintf(stderr, "uhmm demo: uhmm_close: %s\n", strerror(-rc2));
+	d->h = NULL;
+	return rc < 0 ? rc : rc2;
+}
+
+static int demo_persistent(struct demo *d, enum uhmm_fault_mode mode)
+{
+	struct uhmm_devmem *m;
+	struct uhmm_migrate_result to_dev = { 0, 0 }, to_sys = { 0, 0 };
+	char path[64], b1[32];
+	int rc, ret = CLI_EXIT_FAIL, ok = 1;
+	double t;
+
+	snprintf(path, sizeof(path), "/dev/shm/uhmm-demo-%d", (int)getpid());
+	unlink(path);
+	if (persistent_open(d, mode, path, PROT_READ | PROT_WRITE, &m) < 0)
+		goto out_unlink;
+
+	printf("uhmm demo --type persistent: %s of persistent device memory (%zu pages) in %s\n",
+	       cli_fmt_bytes(b1, sizeof(b1), d->size), d->npages, path);
+	print_mode(d, mode);
+	printf(", device \"%s\" (dummy, persistent memory: never migrated)\n",
+	       uhmm_device_name(d->dev));
+
+	printf("\n[1/5] the CPU maps the device memory (uhmm_devmem_map at %p) and writes a\n"
+	       "      per-page pattern in place\n", (void *)d->mem);
+	phase_begin(d);
+	step_fill(d);
+	phase_end(d, "1 CPU writes in place");
+	if (expect_states(d, "after fill", UHMM_STATE_DEVICE_COHERENT) < 0)
+		ok = 0;
+	if (d->phases[0].d.cpu_faults)
+		ok = 0;
+
+	printf("[2/5] migration attempts (uhmm_migrate to the device, then to system memory)\n");
+	t = now_s();
+	rc = uhmm_migrate(d->h, d->mem, d->size, d->dev, &to_dev);
+	if (rc == 0)
+		rc = uhmm_migrate(d->h, d->mem, d->size, NULL, &to_sys);
+	t = now_s() - t;
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_migrate: %s\n", strerror(-rc));
+		persistent_close(d, m);
+		goto out_unlink;
+	}
+	printf("      to the device: %zu migrated, %zu skipped; to system memory: %zu migrated, "
+	       "%zu skipped (%.1f ms)\n", to_dev.migrated, to_dev.skipped, to_sys.migrated,
+	       to_sys.skipped, t * 1e3);
+	if (to_dev.migrated || to_sys.migrated || to_dev.skipped != d->npages ||
+	    to_sys.skipped != d->npages) {
+		fprintf(stderr, "uhmm demo: expected every page skipped\n");
+		ok = 0;
+	}
+	if (expect_states(d, "after migration tries", UHMM_STATE_DEVICE_COHERENT) < 0)
+		ok = 0;
+
+	printf("[3/5] unmap (uhmm_devmem_unmap) and close the context (uhmm_close)\n");
+	t = now_s();
+	if (persistent_close(d, m) < 0)
+		goto out_unlink;
+	printf("      closed in %.1f ms; %s stays\n", (now_s() - t) * 1e3, path);
+
+	printf("[4/5] a new context and device over the same file; the CPU maps it and verifies\n");
+	if (persistent_open(d, mode, path, PROT_READ, &m) < 0)
+		goto out_unlink;
+	phase_begin(d);
+	cpu_pass(d, "CPU read after reopen", 0, 0);
+	phase_end(d, "2 reopened: CPU verify");
+
+	printf("[5/5] unmap, close, remove %s\n", path);
+	if (persistent_close(d, m) < 0)
+		ok = 0;
+
+	print_phases(d);
+	printf("\nresult\n");
+	if (d->cpu_bad_pages)
+		printf("  CPU saw %" PRIu64 " bad bytes in %" PRIu64 " pages after reopening\n",
+		       d->cpu_bad_bytes, d->cpu_bad_pages);
+	if (d->cpu_bad_pages || !ok) {
+		printf("  FAILED: %s\n", d->cpu_bad_pages ? "data mismatch" : "unexpected behaviour");
+		goto out_unlink;
+	}
+	printf("  OK: all %zu bytes written in place, never migrated, verified after close and "
+	       "reopen\n", d->size);
+	ret = CLI_EXIT_OK;
+out_unlink:
+	unlink(path);
+	return ret;
+}
+
 int cmd_demo(int argc, char **argv)
 {
 	struct uhmm_options opts;
@@ -360,13 +758,14 @@ int cmd_demo(int argc, char **argv)
 	struct demo d;
 	size_t counts[4][NSTATES];
 	enum uhmm_fault_mode mode = UHMM_FAULT_AUTO;
+	enum demo_type type = TYPE_PRIVATE;
 	size_t size = DEFAULT_SIZE;
 	uint64_t *buf = NULL;
 	char b1[32], b2[32];
 	int rc, ret = CLI_EXIT_FAIL;
 	double t;
 
-	rc = parse_args(argc, argv, &size, &mode);
+	rc = parse_args(argc, argv, &size, &mode, &type);
 	if (rc)
 		return rc < 0 ? CLI_EXIT_OK : rc;
 
@@ -377,6 +776,10 @@ int cmd_demo(int argc, char **argv)
 	d.size = (size + d.pagesz - 1) / d.pagesz * d.pagesz;
 	d.npages = d.size / d.pagesz;
 	d.words = d.pagesz / sizeof(uint64_t);
+	if (type == TYPE_COHERENT)
+		return demo_coherent(&d, mode);
+	if (type == TYPE_PERSISTENT)
+		return demo_persistent(&d, mode);
 
 	memset(&opts, 0, sizeof(opts));
 	opts.fault_mode = mode;

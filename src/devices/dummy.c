@@ -122,34 +122,55 @@ static int dummy_fault(struct dummy *dm, uintptr_t a, size_t n, bool write)
 	return 0;
 }
 
-/* Copy one page between buf and the page the entry names; false if the
- * page went away (the entry is dropped, fault again). */
-static bool access_page(_Atomic uint64_t *e, uint64_t v, uintptr_t va,
-                        char *buf, bool write)
+/* Copy a local page (in this device's pool) under dm->lock: an
+ * invalidation (the page leaving) waits for the lock. */
+static void access_local(uint64_t v, char *buf, bool write)
 {
-	if (v & DPTE_LOCAL) {
-		struct uhmm_dpage *dp = pte_dpage(v);
-		char *slot = dpage_host(devmem_of(dp), dp);
-		if (write)
-			memcpy(slot, buf, PAGE_SIZE);
-		else
-			memcpy(buf, slot, PAGE_SIZE);
-		return true;
-	}
-	if (v & DPTE_UNMANAGED) {
-		struct iovec l = { buf, PAGE_SIZE }, r = { (void *)va, PAGE_SIZE };
+	struct uhmm_dpage *dp = pte_dpage(v);
+	char *slot = dpage_host(devmem_of(dp), dp);
+	if (write)
+		memcpy(slot, buf, PAGE_SIZE);
+	else
+		memcpy(buf, slot, PAGE_SIZE);
+}
+
+/*
+ * Copy a run of pages in system memory through the process's page tables,
+ * without dm->lock: like a CPU access, it may fault (served by uhmm as
+ * usual), so it must not hold a lock an invalidation needs.  It is always
+ * coherent: it reads or writes whatever the address holds at that instant,
+ * and the kernel enforces the mapping's protection.  Returns bytes done.
+ */
+static size_t access_system(uintptr_t va, char *buf, size_t len, bool write)
+{
+	size_t done = 0;
+	while (done < len) {
+		struct iovec l = { buf + done, len - done }, r = { (void *)(va + done), len - done };
 		ssize_t n = write ? process_vm_writev(getpid(), &l, 1, &r, 1, 0)
 		                  : process_vm_readv(getpid(), &l, 1, &r, 1, 0);
-		if (n == (ssize_t)PAGE_SIZE)
-			return true;
-		atomic_store(e, 0);
-		return false;
+		if (n <= 0)
+			break;
+		done += (size_t)n;
 	}
-	ssize_t n = write ? procmem_write(va, buf, PAGE_SIZE) : procmem_read(buf, va, PAGE_SIZE);
-	if (n == (ssize_t)PAGE_SIZE)
-		return true;
-	atomic_store(e, 0);
-	return false;
+	return done & ~PAGE_MASK;
+}
+
+/* Local pages need the caller's current protection checked by hand (the
+ * pool is uhmm's mapping); system pages get it from the kernel. */
+static int check_prot(struct prot_cache *pc, bool *have, uintptr_t a, size_t npages, bool write)
+{
+	if (!*have) {
+		prot_cache_init(pc, a, a + npages * PAGE_SIZE);
+		*have = true;
+	}
+	for (size_t i = 0; i < npages; i++) {
+		int prot = prot_at(pc, a + i * PAGE_SIZE);
+		if (prot < 0 || !(prot & PROT_READ))
+			return -EFAULT;
+		if (write && !(prot & PROT_WRITE))
+			return -EPERM;
+	}
+	return 0;
 }
 
 static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t npages, bool write,
@@ -161,26 +182,18 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 		return -EINVAL;
 	if (atomic_load(&d->fail) & UHMM_DUMMY_LOST)
 		return -ENODEV;
-	/* mprotect is not reported by userfaultfd: check the protection the
-	 * process has now, so a cached device mapping never outlives it. */
-	struct prot_cache pc;
-	prot_cache_init(&pc, a, a + npages * PAGE_SIZE);
-	for (size_t i = 0; i < npages; i++) {
-		int prot = prot_at(&pc, a + i * PAGE_SIZE);
-		if (prot < 0 || !(prot & PROT_READ))
-			return -EFAULT;
-		if (write && !(prot & PROT_WRITE))
-			return -EPERM;
-	}
 	uint64_t faults = 0, copied = 0;
 	int rc = 0;
 	unsigned stale = 0;
+	uintptr_t last_fail = 0;
+	struct prot_cache pc;
+	bool have_pc = false, checked_local = false;
+	uint64_t need = DPTE_VALID | (write ? DPTE_WRITE : 0);
 	pthread_mutex_lock(&dm->lock);
 	for (size_t i = 0; i < npages;) {
 		uintptr_t va = a + i * PAGE_SIZE;
 		_Atomic uint64_t *e = ptable_entry(&dm->pt, va, false);
 		uint64_t v = e ? atomic_load(e) : 0;
-		uint64_t need = DPTE_VALID | (write ? DPTE_WRITE : 0);
 		if ((v & need) != need) {
 			pthread_mutex_unlock(&dm->lock);
 			faults++;
@@ -189,16 +202,51 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 				goto out_unlocked;
 			continue;
 		}
-		if (!access_page(e, v, va, buf + i * PAGE_SIZE, write)) {
-			/* Raced with a change on the CPU side: fault again. */
-			if (++stale > 1000000) {
+		if (v & DPTE_LOCAL) {
+			if (!checked_local) {
+				/* mprotect is not reported by userfaultfd. */
+				pthread_mutex_unlock(&dm->lock);
+				rc = check_prot(&pc, &have_pc, a, npages, write);
+				if (rc)
+					goto out_unlocked;
+				checked_local = true;
+				pthread_mutex_lock(&dm->lock);
+				continue; /* the table may have changed meanwhile */
+			}
+			access_local(v, buf + i * PAGE_SIZE, write);
+			copied++;
+			i++;
+			continue;
+		}
+		/* A run of mapped system (or unmanaged) pages: one call. */
+		size_t j = i + 1;
+		while (j < npages) {
+			_Atomic uint64_t *ne = ptable_entry(&dm->pt, a + j * PAGE_SIZE, false);
+			uint64_t nv = ne ? atomic_load(ne) : 0;
+			if ((nv & need) != need || (nv & DPTE_LOCAL))
+				break;
+			j++;
+		}
+		pthread_mutex_unlock(&dm->lock);
+		size_t done = access_system(va, buf + i * PAGE_SIZE, (j - i) * PAGE_SIZE, write);
+		pthread_mutex_lock(&dm->lock);
+		copied += done / PAGE_SIZE;
+		i += done / PAGE_SIZE;
+		if (i < j) {
+			/* The page went away or lost access meanwhile: fault it
+			 * again.  Unmanaged memory (past the end of a file, say)
+			 * has nothing uhmm could bring back: that is final. */
+			_Atomic uint64_t *fe = ptable_entry(&dm->pt, a + i * PAGE_SIZE, false);
+			uint64_t fv = fe ? atomic_load(fe) : 0;
+			if (fe)
+				atomic_store(fe, 0);
+			uintptr_t fva = a + i * PAGE_SIZE;
+			if (((fv & DPTE_UNMANAGED) && fva == last_fail) || ++stale > 1000) {
 				rc = -EFAULT;
 				break;
 			}
-			continue;
+			last_fail = fva; /* a second failure in a row of unmanaged memory is final */
 		}
-		copied++;
-		i++;
 	}
 	pthread_mutex_unlock(&dm->lock);
 out_unlocked:
