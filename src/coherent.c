@@ -122,7 +122,7 @@ int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d)
 	/* Write-protect on shmem is how the granule comes home safely. */
 	uffd_register_wp_only(h->uffd, g, UHMM_COHERENT_GRANULE);
 	for (size_t i = 0; i < GPAGES; i++) {
-		dp[i]->vaddr = g + i * PAGE_SIZE;
+		dpage_set_vaddr(dp[i], g + i * PAGE_SIZE);
 		v[i] = pte_make(UHMM_STATE_DEVICE_COHERENT, dp[i], 0);
 	}
 	stat_add(h, ST_TO_DEVICE, GPAGES);

@@ -114,9 +114,10 @@ int device_lose(struct uhmm_device *d)
 			(void)0;
 		for (size_t i = 0; i < m->npages && atomic_load(&m->used); i++) {
 			struct uhmm_dpage *dp = &m->pages[i];
-			if (atomic_load(&dp->ref) == 0)
+			if (dpage_ref(dp) == 0)
 				continue;
-			_Atomic uint64_t *e = ptable_entry(&h->pt, dp->vaddr, false);
+			uintptr_t va = dpage_vaddr(dp);
+			_Atomic uint64_t *e = ptable_entry(&h->pt, va, false);
 			if (!e)
 				continue;
 			uint64_t v = pte_lock(e);
@@ -125,8 +126,7 @@ int device_lose(struct uhmm_device *d)
 				page_unlock(h, e, v);
 				continue;
 			}
-			mirror_invalidate(h, dp->vaddr, dp->vaddr + PAGE_SIZE, UHMM_EVENT_MIGRATE, NULL);
-			uintptr_t va = dp->vaddr;
+			mirror_invalidate(h, va, va + PAGE_SIZE, UHMM_EVENT_MIGRATE, NULL);
 			dpage_put(dp);
 			stat_add(h, ST_POISONED, 1);
 			/* In THREAD mode, make future accesses fail in the kernel

@@ -5,7 +5,7 @@
  * out contiguous runs (so one UFFDIO_MOVE can carry many pages).
  *
  * A block's descriptors are looked up from a page pointer through a global
- * table indexed by the descriptor's mem_id (descriptors stay 16 bytes).
+ * table indexed by the block id packed in the descriptor (one word).
  *
  * HOST_BACKED blocks own a host "pool" mapping.  When the context can
  * move pages (UFFDIO_MOVE), the pool is registered with its userfaultfd
@@ -29,7 +29,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 
-#define MAX_MEMS 65536
+#define MAX_MEMS 65536 /* 16 bits of block id in a descriptor */
 
 static struct uhmm_devmem *_Atomic g_mems[MAX_MEMS];
 static pthread_mutex_t g_mems_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -37,7 +37,8 @@ static uint32_t g_mems_hint;
 
 struct uhmm_devmem *devmem_of(const struct uhmm_dpage *dp)
 {
-	return atomic_load_explicit(&g_mems[dp->mem_id], memory_order_acquire);
+	uint64_t w = atomic_load_explicit(&((struct uhmm_dpage *)dp)->w, memory_order_acquire);
+	return atomic_load_explicit(&g_mems[(w >> DP_ID_SHIFT) & 0xffff], memory_order_acquire);
 }
 
 static int id_alloc(struct uhmm_devmem *m)
@@ -64,7 +65,7 @@ static void free_slot(struct uhmm_devmem *m, size_t idx)
 
 static void release(struct uhmm_dpage *dp, bool clean)
 {
-	if (atomic_fetch_sub(&dp->ref, 1) != 1)
+	if ((atomic_fetch_sub(&dp->w, 1) & DP_REF_MASK) != 1)
 		return;
 	struct uhmm_devmem *m = devmem_of(dp);
 	size_t idx = dpage_index(m, dp);
@@ -77,11 +78,10 @@ static void release(struct uhmm_dpage *dp, bool clean)
 	if (m->host_registered && !clean) {
 		uint64_t head = atomic_load(&m->dirty);
 		do
-			dp->vaddr = (uintptr_t)head;
+			dpage_set_vaddr(dp, (uintptr_t)head << PAGE_SHIFT); /* the link */
 		while (!atomic_compare_exchange_weak(&m->dirty, &head, (uint64_t)idx + 1));
 		return;
 	}
-	dp->vaddr = 0;
 	free_slot(m, idx);
 }
 
@@ -101,8 +101,7 @@ static void drain_dirty(struct uhmm_devmem *m)
 	uint64_t head = atomic_exchange(&m->dirty, 0);
 	while (head) {
 		size_t idx = (size_t)head - 1;
-		head = m->pages[idx].vaddr;
-		m->pages[idx].vaddr = 0;
+		head = dpage_vaddr(&m->pages[idx]) >> PAGE_SHIFT;
 		madvise(m->host + idx * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED);
 		free_slot(m, idx);
 	}
@@ -126,8 +125,7 @@ static size_t alloc_from(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **ou
 			atomic_fetch_or(&m->bitmap[w], 1ULL << b);
 			bits |= 1ULL << b;
 			struct uhmm_dpage *dp = &m->pages[idx];
-			atomic_store(&dp->ref, 1);
-			dp->vaddr = 0;
+			atomic_store(&dp->w, ((uint64_t)m->id << DP_ID_SHIFT) | 1);
 			out[got++] = dp;
 		}
 		if (got < n)
@@ -157,8 +155,7 @@ static size_t alloc_words(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **o
 			atomic_store(&m->bitmap[w + k], ~0ULL);
 		for (size_t i = 0; i < n; i++) {
 			struct uhmm_dpage *dp = &m->pages[w * 64 + i];
-			atomic_store(&dp->ref, 1);
-			dp->vaddr = 0;
+			atomic_store(&dp->w, ((uint64_t)m->id << DP_ID_SHIFT) | 1);
 			out[i] = dp;
 		}
 		got = n;
@@ -307,8 +304,6 @@ static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags, con
 	}
 	if (id_alloc(m))
 		goto fail;
-	for (size_t i = 0; i < m->npages; i++)
-		m->pages[i].mem_id = m->id;
 	m->next = d->mems;
 	d->mems = m;
 	*out = m;
@@ -424,7 +419,7 @@ int devmem_evacuate(struct uhmm_devmem *m)
 			if (!(atomic_load(&m->bitmap[i / 64]) >> (i % 64) & 1))
 				continue;
 			struct uhmm_dpage *dp = &m->pages[i];
-			if (atomic_load(&dp->ref) == 0)
+			if (dpage_ref(dp) == 0)
 				continue;
 			int r = migrate_dpage_home(h, dp);
 			if (r && r != -EAGAIN)

@@ -87,7 +87,7 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 	if (pte_state(nold) == UHMM_STATE_DEVICE || pte_state(nold) == UHMM_STATE_DEVICE_COHERENT)
 		dpage_put(pte_dpage(nold));
 	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
-		pte_dpage(v)->vaddr = na;
+		dpage_set_vaddr(pte_dpage(v), na);
 	page_unlock(h, ne, v);
 	page_unlock(h, e, UHMM_STATE_NONE);
 	return 0;

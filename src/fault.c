@@ -33,13 +33,37 @@ static int lock_fault_page(struct uhmm *h, _Atomic uint64_t *e, unsigned flags, 
  * starts at the faulting page.  Anything else falls back to the aligned
  * default granule.  The stream state is a hint shared by all threads.
  */
-static void granule(struct uhmm *h, const struct range_ent *r, uintptr_t page,
+/*
+ * The stream state of the faulting thread: in SIGBUS mode the thread's own
+ * (initial-exec TLS: safe in a signal handler); in THREAD mode a small
+ * table on the context keyed by the faulting thread's id, touched only by
+ * the service thread.  Two threads streaming through memory then do not
+ * reset each other's granule.
+ */
+static __thread struct ra_state tls_ra __attribute__((tls_model("initial-exec")));
+
+static struct ra_state *ra_for(struct uhmm *h, uint32_t tid)
+{
+	struct ra_state *s;
+	if (!tid) {
+		s = &tls_ra;
+	} else {
+		s = &h->ra_tab[(tid * 2654435761u) >> 28 & (RA_SLOTS - 1)];
+		if (s->tid != tid)
+			*s = (struct ra_state){ .tid = tid };
+	}
+	if (s->h != h)
+		*s = (struct ra_state){ .h = h, .tid = tid };
+	return s;
+}
+
+static void granule(struct uhmm *h, const struct range_ent *r, uintptr_t page, uint32_t tid,
                     uintptr_t *lo, uintptr_t *hi)
 {
 	size_t g = h->fault_around;
-	if (g > 1 && page == atomic_load_explicit(&h->ra_next, memory_order_relaxed)) {
-		g = MIN((size_t)BATCH_PAGES,
-		        2 * (size_t)atomic_load_explicit(&h->ra_pages, memory_order_relaxed));
+	struct ra_state *s = ra_for(h, tid);
+	if (g > 1 && page == s->next) {
+		g = MIN((size_t)BATCH_PAGES, 2 * (size_t)s->pages);
 		*lo = page;
 		*hi = MIN(page + g * PAGE_SIZE, r->end);
 	} else {
@@ -48,16 +72,16 @@ static void granule(struct uhmm *h, const struct range_ent *r, uintptr_t page,
 		*hi = MIN((page & ~(bytes - 1)) + bytes, r->end);
 	}
 	if (h->fault_around > 1) {
-		atomic_store_explicit(&h->ra_pages, (unsigned)g, memory_order_relaxed);
-		atomic_store_explicit(&h->ra_next, *hi, memory_order_relaxed);
+		s->pages = (unsigned)g;
+		s->next = *hi;
 	}
 }
 
 static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
-                      _Atomic uint64_t *e, uint64_t v, unsigned flags)
+                      _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid)
 {
 	uintptr_t lo, hi;
-	granule(h, r, page, &lo, &hi);
+	granule(h, r, page, tid, &lo, &hi);
 	_Atomic uint64_t *ents[BATCH_PAGES];
 	uint64_t olds[BATCH_PAGES];
 	/* Extend down then up from the faulting page while neighbours are
@@ -94,12 +118,24 @@ static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
 		olds[i] = nv;
 		last += PAGE_SIZE;
 	}
+	/* Only the written page gets memory; its neighbours get the zero
+	 * page (a later write to them is the kernel's own copy-on-write, no
+	 * round trip to uhmm), so a write stream never over-commits. */
 	bool write = flags & FAULT_WRITE;
-	size_t n = (last - first) / PAGE_SIZE;
-	int rc = populate_zero(h, first, n, write);
-	uint64_t nv = UHMM_STATE_SYSTEM | (write ? 0 : PTE_ZERO);
+	int rc = 0;
+	if (!write) {
+		rc = populate_zero(h, first, (last - first) / PAGE_SIZE, false);
+	} else {
+		if (first < page)
+			rc = populate_zero(h, first, (page - first) / PAGE_SIZE, false);
+		if (!rc)
+			rc = populate_zero(h, page, 1, true);
+		if (!rc && page + PAGE_SIZE < last)
+			rc = populate_zero(h, page + PAGE_SIZE, (last - page) / PAGE_SIZE - 1, false);
+	}
 	for (uintptr_t a = first; a < last; a += PAGE_SIZE) {
 		size_t i = (a - lo) / PAGE_SIZE;
+		uint64_t nv = UHMM_STATE_SYSTEM | (write && a == page ? 0 : PTE_ZERO);
 		/* On failure nothing is known to be mapped: stay NONE. */
 		page_unlock(h, ents[i], rc ? olds[i] : nv);
 	}
@@ -111,10 +147,10 @@ static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
 }
 
 static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t page,
-                        _Atomic uint64_t *e, uint64_t v)
+                        _Atomic uint64_t *e, uint64_t v, uint32_t tid)
 {
 	uintptr_t lo, hi;
-	granule(h, r, page, &lo, &hi);
+	granule(h, r, page, tid, &lo, &hi);
 	struct mpage p[BATCH_PAGES];
 	size_t n = 0, me = 0;
 	for (uintptr_t a = lo; a < hi; a += PAGE_SIZE) {
@@ -145,7 +181,8 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 	return 0;
 }
 
-int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags)
+int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags,
+                  uint32_t tid)
 {
 	uintptr_t page = addr & ~PAGE_MASK;
 	_Atomic uint64_t *e = ptable_entry(&h->pt, page, true);
@@ -157,9 +194,9 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 		return rc;
 	switch (pte_state(v)) {
 	case UHMM_STATE_NONE:
-		return fault_none(h, r, page, e, v, flags);
+		return fault_none(h, r, page, e, v, flags, tid);
 	case UHMM_STATE_DEVICE:
-		return fault_device(h, r, page, e, v);
+		return fault_device(h, r, page, e, v, tid);
 	case UHMM_STATE_POISONED:
 		page_unlock(h, e, v);
 		return -EFAULT;

@@ -128,12 +128,39 @@ void pte_note_waiter(struct uhmm *h, _Atomic uint64_t *e);
  * Device memory (devmem.c).
  * ---------------------------------------------------------------------- */
 
-/* Device page descriptor (struct page of ZONE_DEVICE): 16 bytes. */
+/*
+ * Device page descriptor (struct page of ZONE_DEVICE): one 64-bit word, so
+ * the metadata of a migrated page is 8 bytes here plus its 8-byte entry.
+ *   bits 0-7   reference count (0 = free; uhmm holds one per page table
+ *              entry, so it never exceeds a few)
+ *   bits 8-23  block id (index in the devmem table)
+ *   bits 24-63 virtual page number it backs (valid while referenced; a
+ *              free slot on a dirty stack keeps its link there)
+ * Written when allocated, never before: descriptors of untouched device
+ * memory cost nothing.
+ */
 struct uhmm_dpage {
-	uintptr_t vaddr;          /* virtual page it backs (valid while ref > 0) */
-	_Atomic uint32_t ref;     /* 0 = free */
-	uint32_t mem_id;          /* index in the devmem table */
+	_Atomic uint64_t w;
 };
+#define DP_REF_MASK  0xffULL
+#define DP_ID_SHIFT  8
+#define DP_VPN_SHIFT 24
+
+static inline unsigned dpage_ref(const struct uhmm_dpage *dp)
+{
+	return (unsigned)(atomic_load(&((struct uhmm_dpage *)dp)->w) & DP_REF_MASK);
+}
+static inline uintptr_t dpage_vaddr(const struct uhmm_dpage *dp)
+{
+	return (uintptr_t)(atomic_load(&((struct uhmm_dpage *)dp)->w) >> DP_VPN_SHIFT) << PAGE_SHIFT;
+}
+static inline void dpage_set_vaddr(struct uhmm_dpage *dp, uintptr_t va)
+{
+	uint64_t w = atomic_load(&dp->w), nw;
+	do
+		nw = (w & ((1ULL << DP_VPN_SHIFT) - 1)) | ((uint64_t)(va >> PAGE_SHIFT) << DP_VPN_SHIFT);
+	while (!atomic_compare_exchange_weak(&dp->w, &w, nw));
+}
 
 struct uhmm_devmem {
 	struct uhmm_device *dev;
@@ -318,6 +345,15 @@ enum {
 	ST_DEFERRED, ST_EVENTS, ST_POISONED, ST__COUNT
 };
 
+/* A faulting thread's sequential stream: where its last granule ended. */
+#define RA_SLOTS 16
+struct ra_state {
+	struct uhmm *h;
+	uint32_t tid;
+	unsigned pages;
+	uintptr_t next;
+};
+
 struct staging {
 	_Atomic uint64_t busy;   /* bit i: buf i in use */
 	char *buf[8];
@@ -332,8 +368,7 @@ struct uhmm {
 	bool have_poison;
 	enum uhmm_fault_mode mode;
 	unsigned fault_around;    /* pages, power of two */
-	_Atomic uintptr_t ra_next;  /* sequential-stream hint: where the last granule ended */
-	_Atomic unsigned ra_pages;  /* and its size */
+	struct ra_state ra_tab[RA_SLOTS]; /* THREAD mode stream hints, by faulting thread */
 	unsigned spin_us;
 	pid_t pid;
 
@@ -404,8 +439,10 @@ int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write);
  * ---------------------------------------------------------------------- */
 #define FAULT_WRITE   (1u << 0)
 #define FAULT_SERVICE (1u << 1) /* on the service thread: never sleep on a page lock */
-/* 0 resolved; -EAGAIN busy (retry later); -EFAULT the access must get SIGBUS. */
-int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags);
+/* 0 resolved; -EAGAIN busy (retry later); -EFAULT the access must get SIGBUS.
+ * tid: the faulting thread on the service thread, 0 in that thread itself. */
+int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags,
+                  uint32_t tid);
 extern _Atomic long g_svc_busy;
 int service_start(struct uhmm *h);
 void service_stop(struct uhmm *h);

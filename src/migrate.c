@@ -278,7 +278,7 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (p[i].err == 0) {
-			p[i].dp->vaddr = p[i].addr;
+			dpage_set_vaddr(p[i].dp, p[i].addr);
 			p[i].new = pte_make(UHMM_STATE_DEVICE, p[i].dp, 0);
 			moved++;
 		} else {
@@ -421,8 +421,8 @@ int migrate_range_home(struct uhmm *h, uintptr_t start, uintptr_t end, struct uh
 
 int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp)
 {
-	uintptr_t va = dp->vaddr;
-	if (atomic_load(&dp->ref) == 0 || !va)
+	uintptr_t va = dpage_vaddr(dp);
+	if (dpage_ref(dp) == 0 || !va)
 		return -EAGAIN;
 	_Atomic uint64_t *e = ptable_entry(&h->pt, va, false);
 	if (!e)

@@ -98,7 +98,7 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 		uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);
 		return 0;
 	}
-	rc = fault_resolve(h, &r, addr, flags | FAULT_SERVICE);
+	rc = fault_resolve(h, &r, addr, flags | FAULT_SERVICE, ptid ? ptid : 1);
 	ebr_exit(tok);
 	if (rc == -EFAULT) {
 		fail_access(h, addr, ptid);

@@ -88,7 +88,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		} else {
 			int tries = 0;
 			do
-				rc = fault_resolve(r.h, &r, addr, is_write(uc) ? FAULT_WRITE : 0);
+				rc = fault_resolve(r.h, &r, addr, is_write(uc) ? FAULT_WRITE : 0, 0);
 			while (rc == -EAGAIN && ++tries < 1000000);
 		}
 	}
