@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "uhmm.h"
+#include "uhmm_cuda.h"
 #include "cli.h"
 
 #define CAP_SYS_PTRACE_BIT 19
@@ -254,6 +255,30 @@ static const struct feature features[] = {
 	{ UHMM_SYS_ZEROPAGE, "ZEROPAGE", "zero page on read faults" },
 };
 
+/* CUDA: is a driver there, and which GPUs (does not create a device). */
+static void print_cuda(void)
+{
+	struct uhmm_cuda_info ci;
+	int rc = uhmm_cuda_available(&ci);
+
+	putchar('\n');
+	if (rc) {
+		row(0, "cuda", "not available (%s)", rc == -ENOENT ? "no driver" : "driver unusable");
+		row_wrapped(1, "why", ci.reason);
+		return;
+	}
+	row(0, "cuda", "driver %d.%d (%s), %d GPU%s", ci.driver_version / 1000,
+	    ci.driver_version % 1000 / 10, ci.library, ci.device_count,
+	    ci.device_count == 1 ? "" : "s");
+	for (int i = 0; i < ci.device_count && i < UHMM_CUDA_MAX_DEVICES; i++) {
+		char key[16];
+		snprintf(key, sizeof(key), "gpu %d", i);
+		row(1, key, "%s, %.1f GiB, compute %d.%d%s", ci.dev[i].name,
+		    (double)ci.dev[i].total_mem / (1 << 30), ci.dev[i].cc_major, ci.dev[i].cc_minor,
+		    ci.dev[i].vmm ? "" : " (no virtual memory management: uhmm cannot use it)");
+	}
+}
+
 int cmd_info(int argc, char **argv)
 {
 	struct uhmm_sysinfo si;
@@ -330,5 +355,6 @@ int cmd_info(int argc, char **argv)
 	if (works && env && (strcasecmp(env, "thread") == 0 || strcasecmp(env, "sigbus") == 0))
 		printf("  UHMM_FAULT_MODE=%s is set: it replaces AUTO for contexts opened\n"
 		       "  without an explicit mode.\n", env);
+	print_cuda();
 	return works ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }
