@@ -2,9 +2,23 @@
 # fresh Debian machine: missing build dependencies are installed first.
 BUILD       ?= build
 BUILD_CLANG ?= build-clang
+BUILD_ASAN  ?= build-asan
+BUILD_TSAN  ?= build-tsan
+BUILD_FUZZ  ?= build-fuzz
 MESON_OPTS  ?=
+# make stress: the long model-based run (docs/RELIABILITY.md).
+STRESS_OPS  ?= 1000000
+STRESS_ARGS ?=
+# make fuzz: seconds of fuzzing.
+FUZZ_TIME   ?= 60
 
-.PHONY: all deps build demo test test-quick clang install clean info bench
+# Sanitizer runs: leaks checked at exit; any report fails the test.
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1:print_summary=1 \
+           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:print_summary=1
+TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp
+
+.PHONY: all deps build demo test test-quick test-gcc test-asan test-tsan asan tsan clang install \
+        clean info bench stress stress-short fuzz
 
 all: build
 
@@ -34,11 +48,54 @@ info: build
 bench: build
 	./$(BUILD)/tools/uhmm bench $(BENCH_ARGS)
 
-test: build clang
-	meson test -C $(BUILD) --print-errorlogs --num-processes 1
+$(BUILD_ASAN)/build.ninja: | deps
+	CC=clang meson setup $(BUILD_ASAN) -Db_sanitize=address,undefined -Db_lundef=false $(MESON_OPTS)
+
+$(BUILD_TSAN)/build.ninja: | deps
+	CC=clang meson setup $(BUILD_TSAN) -Db_sanitize=thread -Db_lundef=false $(MESON_OPTS)
+
+asan: deps $(BUILD_ASAN)/build.ninja
+	ninja -C $(BUILD_ASAN)
+
+tsan: deps $(BUILD_TSAN)/build.ninja
+	ninja -C $(BUILD_TSAN)
+
+# The suite three times: gcc, clang ASan+UBSan (with leak check), clang TSan.
+test: test-gcc test-asan test-tsan
+
+# The model-based stress suite is run by `make stress-short` / `make stress`
+# (see docs/RELIABILITY.md for its open failures).
+TEST_ARGS = --print-errorlogs --num-processes 1 --no-suite stress
+
+test-gcc: build clang
+	meson test -C $(BUILD) $(TEST_ARGS)
+
+test-asan: asan
+	$(ASAN_ENV) meson test -C $(BUILD_ASAN) $(TEST_ARGS)
+
+test-tsan: tsan
+	$(TSAN_ENV) meson test -C $(BUILD_TSAN) $(TEST_ARGS)
+
+stress-short: build
+	meson test -C $(BUILD) --print-errorlogs --num-processes 1 --suite stress
+
+# Long model-based stress: 1,000,000 operations over 4 threads.
+stress: build
+	./$(BUILD)/tests/stress/uhmm-stress --ops $(STRESS_OPS) --threads 4 $(STRESS_ARGS)
+
+# libFuzzer target, built with clang straight from the library sources.
+$(BUILD_FUZZ)/fuzz_api: tests/fuzz/fuzz_api.c $(wildcard src/*.c src/*.h src/devices/*.c include/*.h) | deps
+	mkdir -p $(BUILD_FUZZ)/corpus
+	clang -g -O1 -std=gnu11 -D_GNU_SOURCE -fvisibility=hidden \
+	    -fsanitize=fuzzer,address,undefined -Iinclude \
+	    $(wildcard src/*.c src/devices/*.c) tests/fuzz/fuzz_api.c -lpthread -ldl -o $@
+
+fuzz: $(BUILD_FUZZ)/fuzz_api
+	cd $(BUILD_FUZZ) && ASAN_OPTIONS=detect_leaks=1 ./fuzz_api -max_total_time=$(FUZZ_TIME) \
+	    -handle_bus=0 -print_final_stats=1 corpus $(CURDIR)/tests/fuzz/corpus
 
 install: build
 	meson install -C $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(BUILD_CLANG)
+	rm -rf $(BUILD) $(BUILD_CLANG) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ)

@@ -172,13 +172,18 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	pthread_mutex_init(&h->dev_lock, NULL);
 	pthread_rwlock_init(&h->fork_lock, NULL);
 	pthread_mutex_init(&h->selfremove_lock, NULL);
+	pthread_mutex_init(&h->remap_lock, NULL);
 
 	if (h->mode == UHMM_FAULT_SIGBUS && (r = sigbus_acquire()))
 		goto fail_tables;
+	if (h->mode == UHMM_FAULT_SIGBUS)
+		sigbus_track_fd(h->uffd, true);
 	r = service_start(h);
 	if (r) {
-		if (h->mode == UHMM_FAULT_SIGBUS)
+		if (h->mode == UHMM_FAULT_SIGBUS) {
+			sigbus_track_fd(h->uffd, false);
 			sigbus_release();
+		}
 		goto fail_tables;
 	}
 	pthread_once(&g_atfork_once, register_atfork);
@@ -221,8 +226,10 @@ UHMM_API int uhmm_close(struct uhmm *h)
 		return r;
 	ebr_synchronize();
 	service_stop(h);
-	if (h->mode == UHMM_FAULT_SIGBUS)
+	if (h->mode == UHMM_FAULT_SIGBUS) {
+		sigbus_track_fd(h->uffd, false);
 		sigbus_release();
+	}
 	contexts_lock();
 	for (struct uhmm **pp = &g_contexts; *pp; pp = &(*pp)->next_ctx) {
 		if (*pp == h) {

@@ -69,6 +69,7 @@ UHMM_API int uhmm_device_destroy(struct uhmm_device *d)
 	if (!d)
 		return -EINVAL;
 	struct uhmm *h = d->h;
+	service_quiesce(h);
 	/* A lost device holds only poisoned pages, already released. */
 	int r = device_evacuate(d);
 	if (r)
@@ -129,9 +130,10 @@ int device_lose(struct uhmm_device *d)
 			mirror_invalidate(h, va, va + PAGE_SIZE, UHMM_EVENT_MIGRATE, NULL);
 			dpage_put(dp);
 			stat_add(h, ST_POISONED, 1);
-			/* In THREAD mode, make future accesses fail in the kernel
-			 * without a round trip (the service thread does it too). */
-			if (h->have_poison && h->mode == UHMM_FAULT_THREAD)
+			/* A poison marker makes every access fail in the kernel
+			 * (hardware-poison SIGBUS), without a round trip, and a
+			 * forked child inherits it: it never reads zeros there. */
+			if (h->have_poison)
 				uffd_poison(h->uffd, va, PAGE_SIZE);
 			page_unlock(h, e, UHMM_STATE_POISONED);
 			wake_range(h, va, PAGE_SIZE);

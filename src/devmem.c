@@ -464,6 +464,7 @@ UHMM_API int uhmm_devmem_remove(struct uhmm_devmem *m)
 	struct uhmm_device *d = m->dev;
 	if (atomic_load(&m->maps) > 0)
 		return -EBUSY; /* persistent memory the application still maps */
+	service_quiesce(d->h);
 	atomic_store(&m->dead, true);
 	int r = devmem_evacuate(m);
 	if (r) {

@@ -8,50 +8,86 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 
 struct discard_arg {
 	struct uhmm *h;
 	enum uhmm_event ev;
+	uintptr_t start;          /* current run of locked pages */
+	size_t n;
+	_Atomic uint64_t *e[BATCH_PAGES];
+	uint64_t v[BATCH_PAGES];
 };
+
+/* Apply the discard to a run of locked pages: invalidate the mirrors with
+ * the pages locked (so no device fault can map them again in between),
+ * then drop their contents. */
+static void discard_flush(struct discard_arg *da)
+{
+	if (!da->n)
+		return;
+	struct uhmm *h = da->h;
+	mirror_invalidate(h, da->start, da->start + da->n * PAGE_SIZE, da->ev, NULL);
+	for (size_t i = 0; i < da->n; i++) {
+		uint64_t old = da->v[i];
+		unsigned st = pte_state(old);
+		if (st == UHMM_STATE_DEVICE_COHERENT && da->ev == UHMM_EVENT_DISCARD) {
+			/* madvise on coherent memory (a shared mapping of device
+			 * memory) leaves its data in place.  Zeroing it here would
+			 * race the application: madvise returns once this event is
+			 * read, and a write right after would be wiped.  Documented:
+			 * coherent pages keep their data through MADV_DONTNEED. */
+			page_unlock(h, da->e[i], old);
+			continue;
+		}
+		if (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)
+			dpage_put(pte_dpage(old));
+		page_unlock(h, da->e[i], UHMM_STATE_NONE);
+	}
+	da->n = 0;
+}
 
 static int discard_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
 	struct discard_arg *da = arg;
-	(void)addr;
 	for (;;) {
 		uint64_t v = atomic_load(e);
 		if (v == 0)
 			return 0;
 		if (v & PTE_BUSY) {
-			if (atomic_compare_exchange_weak(e, &v, v | PTE_DISCARD))
+			/* Its holder applies the discard when it unlocks. */
+			uint64_t mark = PTE_DISCARD | (da->ev == UHMM_EVENT_UNMAP ? PTE_UNMAPPED : 0);
+			if (atomic_compare_exchange_weak(e, &v, v | mark))
 				return 0;
 			continue;
 		}
 		uint64_t old;
 		if (!pte_trylock(e, &old))
 			continue;
-		if (pte_state(old) == UHMM_STATE_DEVICE_COHERENT && da->ev == UHMM_EVENT_DISCARD) {
-			/* madvise on coherent memory (a shared mapping of device
-			 * memory) leaves its data in place.  Zeroing it here would
-			 * race the application: madvise returns once this event is
-			 * read, and a write right after would be wiped.  Documented:
-			 * coherent pages keep their data through MADV_DONTNEED. */
-			page_unlock(da->h, e, old);
-			return 0;
-		}
-		if (pte_state(old) == UHMM_STATE_DEVICE || pte_state(old) == UHMM_STATE_DEVICE_COHERENT)
-			dpage_put(pte_dpage(old));
-		page_unlock(da->h, e, UHMM_STATE_NONE);
+		if (da->n && (da->n == BATCH_PAGES || addr != da->start + da->n * PAGE_SIZE))
+			discard_flush(da);
+		if (!da->n)
+			da->start = addr;
+		da->e[da->n] = e;
+		da->v[da->n++] = old;
 		return 0;
 	}
 }
 
 void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_event ev)
 {
+	/* Busy pages are invalidated now; their holders only unlock later. */
 	mirror_invalidate(h, start, end, ev, NULL);
-	struct discard_arg da = { h, ev };
-	ptable_walk(&h->pt, start, end, discard_one, &da);
+	struct discard_arg *da = malloc(sizeof(*da));
+	if (!da)
+		return;
+	da->h = h;
+	da->ev = ev;
+	da->n = 0;
+	ptable_walk(&h->pt, start, end, discard_one, da);
+	discard_flush(da);
+	free(da);
 }
 
 struct remap_arg {
@@ -59,47 +95,113 @@ struct remap_arg {
 	uintptr_t from, to;
 };
 
+struct remap_pending {
+	_Atomic uint64_t *from, *to;
+	uintptr_t to_addr;
+	uint64_t to_old;
+	struct remap_pending *next;
+};
+
+/* Move one entry's value to the new address's entry (held locked). */
+static void remap_move(struct uhmm *h, _Atomic uint64_t *ne, uint64_t nold, uintptr_t na,
+                       uint64_t v)
+{
+	if (pte_state(nold) == UHMM_STATE_DEVICE || pte_state(nold) == UHMM_STATE_DEVICE_COHERENT)
+		dpage_put(pte_dpage(nold));
+	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
+		dpage_set_vaddr(pte_dpage(v), na);
+	page_unlock(h, ne, v);
+	wake_range(h, na, PAGE_SIZE);
+}
+
+void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
+{
+	pthread_mutex_lock(&h->remap_lock);
+	struct remap_pending **pp = &h->remaps, *rp = NULL;
+	for (; *pp; pp = &(*pp)->next) {
+		if ((*pp)->from == e) {
+			rp = *pp;
+			*pp = rp->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->remap_lock);
+	if (rp) {
+		remap_move(h, rp->to, rp->to_old, rp->to_addr, value);
+		free(rp);
+	}
+}
+
 static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
 	struct remap_arg *ra = arg;
 	struct uhmm *h = ra->h;
 	if (atomic_load(e) == 0)
 		return 0;
-	uint64_t v;
-	/* A migration holding the page finishes quickly unless it waits for
-	 * us (its own discard event): bounded, then the page is left behind
-	 * as NONE at its old address (counted as skipped). */
-	int tries = 0;
-	while (!pte_trylock(e, &v)) {
-		if (++tries > 10000) {
-			stat_add(h, ST_SKIPPED, 1);
-			return 0;
-		}
-		sched_yield();
-	}
 	uintptr_t na = ra->to + (addr - ra->from);
 	_Atomic uint64_t *ne = ptable_entry(&h->pt, na, true);
-	if (!ne) {
-		page_unlock(h, e, v);
+	if (!ne)
 		return 0;
-	}
+	/* The new address is fresh: its entry is free unless a fault there
+	 * already waits (it then sees the moved value once we unlock). */
 	uint64_t nold = pte_lock(ne);
-	if (pte_state(nold) == UHMM_STATE_DEVICE || pte_state(nold) == UHMM_STATE_DEVICE_COHERENT)
-		dpage_put(pte_dpage(nold));
-	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
-		dpage_set_vaddr(pte_dpage(v), na);
-	page_unlock(h, ne, v);
-	page_unlock(h, e, UHMM_STATE_NONE);
-	return 0;
+	uint64_t v;
+	for (;;) {
+		if (pte_trylock(e, &v)) {
+			remap_move(h, ne, nold, na, v);
+			page_unlock(h, e, UHMM_STATE_NONE);
+			return 0;
+		}
+		/* Busy (a migration, which may itself wait for this thread):
+		 * hand the move to its unlocker and keep the new entry locked
+		 * until then, so nothing serves the new address meanwhile. */
+		struct remap_pending *rp = malloc(sizeof(*rp));
+		if (!rp) {
+			sched_yield();
+			continue;
+		}
+		*rp = (struct remap_pending){ .from = e, .to = ne, .to_addr = na, .to_old = nold };
+		pthread_mutex_lock(&h->remap_lock);
+		rp->next = h->remaps;
+		h->remaps = rp;
+		pthread_mutex_unlock(&h->remap_lock);
+		uint64_t cur = atomic_load(e);
+		while ((cur & PTE_BUSY) && !atomic_compare_exchange_weak(e, &cur, cur | PTE_REMAP))
+			;
+		if (cur & PTE_BUSY)
+			return 0; /* marked: the unlocker finishes the move */
+		/* Unlocked meanwhile: take the record back and retry. */
+		pthread_mutex_lock(&h->remap_lock);
+		for (struct remap_pending **pp = &h->remaps; *pp; pp = &(*pp)->next) {
+			if (*pp == rp) {
+				*pp = rp->next;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&h->remap_lock);
+		free(rp);
+	}
 }
 
 void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 {
 	mirror_invalidate(h, from, from + len, UHMM_EVENT_REMAP, NULL);
+	mirror_invalidate(h, to, to + len, UHMM_EVENT_REMAP, NULL);
+	/* Whatever the table said about the destination described memory
+	 * that is gone (mremap replaced it). */
+	range_reset_entries(h, to, to + len);
 	struct remap_arg ra = { h, from, to };
 	ptable_walk(&h->pt, from, from + len, remap_one, &ra);
-	/* MREMAP_DONTUNMAP leaves the old range mapped (empty, still ours). */
-	struct vma_info v;
-	bool still = maps_query(from, from + len, &v, 1) > 0;
+	/* MREMAP_DONTUNMAP leaves the old range mapped, empty and still
+	 * registered with our userfaultfd; otherwise the addresses may already
+	 * hold someone else's new mapping.  Removing write protection succeeds
+	 * only on a range registered (for WP) with this userfaultfd. */
+	bool still;
+	if (h->use_wp) {
+		still = uffd_wp(h->uffd, from, len, false) == 0;
+	} else {
+		struct vma_info v;
+		still = maps_query(from, from + len, &v, 1) > 0;
+	}
 	range_move(h, from, to, len, still);
 }

@@ -13,6 +13,8 @@
  */
 #include "internal.h"
 
+#include <string.h>
+
 static int lock_fault_page(struct uhmm *h, _Atomic uint64_t *e, unsigned flags, uint64_t *v)
 {
 	if (flags & FAULT_SERVICE) {
@@ -77,6 +79,20 @@ static void granule(struct uhmm *h, const struct range_ent *r, uintptr_t page, u
 	}
 }
 
+/* Zero-fill [s0, s1) and note which pages got mapped (index from lo). */
+static void populate_run(struct uhmm *h, uintptr_t lo, uintptr_t s0, uintptr_t s1, bool write,
+                         bool *mapped, int *rc)
+{
+	if (s0 >= s1)
+		return;
+	size_t done;
+	int r = populate_zero(h, s0, (s1 - s0) / PAGE_SIZE, write, &done);
+	for (size_t i = 0; i < done; i++)
+		mapped[(s0 - lo) / PAGE_SIZE + i] = true;
+	if (r && !*rc)
+		*rc = r;
+}
+
 static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
                       _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid)
 {
@@ -122,25 +138,25 @@ static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
 	 * page (a later write to them is the kernel's own copy-on-write, no
 	 * round trip to uhmm), so a write stream never over-commits. */
 	bool write = flags & FAULT_WRITE;
+	bool mapped[BATCH_PAGES];
 	int rc = 0;
+	memset(mapped, 0, sizeof(mapped));
 	if (!write) {
-		rc = populate_zero(h, first, (last - first) / PAGE_SIZE, false);
+		populate_run(h, lo, first, last, false, mapped, &rc);
 	} else {
-		if (first < page)
-			rc = populate_zero(h, first, (page - first) / PAGE_SIZE, false);
-		if (!rc)
-			rc = populate_zero(h, page, 1, true);
-		if (!rc && page + PAGE_SIZE < last)
-			rc = populate_zero(h, page + PAGE_SIZE, (last - page) / PAGE_SIZE - 1, false);
+		populate_run(h, lo, first, page, false, mapped, &rc);
+		populate_run(h, lo, page, page + PAGE_SIZE, true, mapped, &rc);
+		populate_run(h, lo, page + PAGE_SIZE, last, false, mapped, &rc);
 	}
 	for (uintptr_t a = first; a < last; a += PAGE_SIZE) {
 		size_t i = (a - lo) / PAGE_SIZE;
 		uint64_t nv = UHMM_STATE_SYSTEM | (write && a == page ? 0 : PTE_ZERO);
-		/* On failure nothing is known to be mapped: stay NONE. */
-		page_unlock(h, ents[i], rc ? olds[i] : nv);
+		/* What is not known to be mapped stays NONE. */
+		page_unlock(h, ents[i], mapped[i] ? nv : olds[i]);
 	}
-	if (rc)
-		return rc == -ENOMEM ? -EAGAIN : -EFAULT;
+	if (!mapped[(page - lo) / PAGE_SIZE])
+		/* EAGAIN: an event waits to be read (service thread): retry later. */
+		return rc == -EAGAIN || rc == -ENOMEM ? -EAGAIN : -EFAULT;
 	stat_add(h, ST_CPU_FAULTS, 1);
 	wake_range(h, first, last - first);
 	return 0;
@@ -175,6 +191,8 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 		stat_add(h, ST_CPU_FAULTS, 1);
 	for (size_t i = 0; i < n; i++)
 		mpage_unlock(h, &p[i]);
+	if (rc == -EAGAIN)
+		return -EAGAIN; /* an event waits to be read first */
 	if (rc)
 		return -EFAULT; /* the device could not give it back: SIGBUS, data stays */
 	wake_range(h, lo, hi - lo);
@@ -213,6 +231,10 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 	 * wake-up that was lost.  Either way make it accessible. */
 	size_t done;
 	rc = uffd_zeropage(h->uffd, page, PAGE_SIZE, &done);
+	if (rc == -EAGAIN) {
+		page_unlock(h, e, v);
+		return -EAGAIN;
+	}
 	if (rc == -EEXIST) {
 		if (h->use_wp)
 			uffd_wp(h->uffd, page, PAGE_SIZE, false);

@@ -93,7 +93,10 @@ int ptable_walk(struct ptable *pt, uintptr_t start, uintptr_t end, ptable_fn fn,
  *   bit  5    DISCARD: the CPU side discarded the page while it was BUSY;
  *             the unlocker makes it NONE (and frees its device page)
  *   bit  6    ZERO: populated with the shared zero page (a hint)
- *   bits 8-63 device page descriptor pointer (state DEVICE)
+ *   bit  7    REMAP: mremap moved the page while it was BUSY; its new
+ *             address's entry is held locked until the unlocker moves it
+ *   bit  8    UNMAPPED: with DISCARD, the discard was an unmap
+ *   bits 11-63 device page descriptor pointer (state DEVICE*)
  * Invariants: state DEVICE ⇔ dpage != NULL and the dpage holds one
  * reference for the entry; the CPU page is mapped ⇔ state SYSTEM (or
  * DEVICE_COHERENT), except while BUSY.
@@ -103,7 +106,10 @@ int ptable_walk(struct ptable *pt, uintptr_t start, uintptr_t end, ptable_fn fn,
 #define PTE_WAITERS    (1ULL << 4)
 #define PTE_DISCARD    (1ULL << 5)
 #define PTE_ZERO       (1ULL << 6)
-#define PTE_DPAGE_SHIFT 8
+#define PTE_REMAP      (1ULL << 7) /* mremap moved the page while BUSY: the
+                                      unlocker moves the entry (remap_finish) */
+#define PTE_UNMAPPED   (1ULL << 8) /* with DISCARD: the page was unmapped, not madvised */
+#define PTE_DPAGE_SHIFT 11
 
 struct uhmm_dpage;
 static inline unsigned pte_state(uint64_t v) { return (unsigned)(v & PTE_STATE_MASK); }
@@ -262,6 +268,8 @@ void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool k
 long range_list(struct uhmm *h, struct range_ent **out);
 int range_remove_locked_all(struct uhmm *h);
 int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end);
+/* Forget what the table says about [start, end) (device pages freed). */
+int range_reset_entries(struct uhmm *h, uintptr_t start, uintptr_t end);
 void registry_reset_child(void); /* after fork, in the child: the parent's ranges are not ours */
 void pool_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
 static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct range_ent *r)
@@ -314,6 +322,9 @@ int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
 int uffd_wp(int fd, uintptr_t start, size_t len, bool protect);
 int uffd_wake(int fd, uintptr_t start, size_t len);
 int uffd_poison(int fd, uintptr_t start, size_t len);
+/* Mark the calling thread as a service thread: userfaultfd calls return
+ * -EAGAIN instead of waiting for an unread event. */
+void uffd_set_service_thread(void);
 /* Wake threads blocked on [start, start+len) (THREAD mode; no-op otherwise). */
 void wake_range(struct uhmm *h, uintptr_t start, size_t len);
 
@@ -389,6 +400,8 @@ struct uhmm {
 	_Atomic uintptr_t selfremove_start, selfremove_end;
 
 	struct staging staging;
+	pthread_mutex_t remap_lock;     /* pending moves of busy entries (mremap) */
+	struct remap_pending *remaps;
 	_Atomic uint64_t stats[ST__COUNT];
 	struct uhmm *next_ctx;
 };
@@ -432,13 +445,14 @@ int coherent_home(struct uhmm *h, uintptr_t g);
 void self_change_begin(struct uhmm *h, uintptr_t start, size_t len);
 void self_change_end(struct uhmm *h);
 /* Zero-fill (read: zero page, write: fresh page) a run of NONE pages. */
-int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write);
+int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write, size_t *done);
 
 /* ------------------------------------------------------------------------
  * Faults (fault.c, service.c, sigbus.c).
  * ---------------------------------------------------------------------- */
 #define FAULT_WRITE   (1u << 0)
 #define FAULT_SERVICE (1u << 1) /* on the service thread: never sleep on a page lock */
+#define FAULT_DRAINED (1u << 2) /* the queue held no event when this was retried */
 /* 0 resolved; -EAGAIN busy (retry later); -EFAULT the access must get SIGBUS.
  * tid: the faulting thread on the service thread, 0 in that thread itself. */
 int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags,
@@ -447,8 +461,13 @@ extern _Atomic long g_svc_busy;
 int service_start(struct uhmm *h);
 void service_stop(struct uhmm *h);
 void service_kick(struct uhmm *h);
+/* munmap, madvise and mremap return once the service thread has *read*
+ * their event; wait until it has handled what it read, so a call that
+ * follows them sees their effect.  Cheap when idle (one load). */
+void service_quiesce(struct uhmm *h);
 int sigbus_install(void);  /* make sure ours is first in line */
 int sigbus_acquire(void);  /* a SIGBUS-mode context starts */
+void sigbus_track_fd(int fd, bool on);
 void sigbus_release(void);
 
 /* ------------------------------------------------------------------------
@@ -467,6 +486,8 @@ void mirror_invalidate(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm
 /* Events from the kernel (service.c → context state). */
 void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_event ev);
 void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len);
+/* page_unlock of an entry marked PTE_REMAP: move value to its new address. */
+void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
 
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);

@@ -317,32 +317,28 @@ static const char *zero_source(void)
 	return z;
 }
 
-int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write)
+/* *done: pages from addr on that are mapped now (a page found already
+ * mapped counts: someone populated it).  Stops at the first other error. */
+int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write, size_t *done_pages)
 {
 	size_t len = n * PAGE_SIZE, done = 0;
-	int r;
-	if (write) {
-		const char *z = zero_source();
-		if (!z)
-			return -ENOMEM;
-		r = uffd_copy(h->uffd, addr, z, len, false, &done);
-	} else {
-		r = uffd_zeropage(h->uffd, addr, len, &done);
-	}
-	/* EEXIST: some page is already there (populated by the kernel behind
-	 * our back, e.g. unregistered and re-registered): fill the others. */
-	while (r == -EEXIST && done < len) {
-		done += PAGE_SIZE;
+	const char *z = write ? zero_source() : NULL;
+	int r = 0;
+	if (write && !z)
+		r = -ENOMEM;
+	while (!r && done < len) {
 		size_t more = 0;
-		if (done < len)
-			r = write ? uffd_copy(h->uffd, addr + done, zero_source(), len - done, false, &more)
-			          : uffd_zeropage(h->uffd, addr + done, len - done, &more);
-		else
-			r = 0;
+		r = write ? uffd_copy(h->uffd, addr + done, z, len - done, false, &more)
+		          : uffd_zeropage(h->uffd, addr + done, len - done, &more);
 		done += more;
+		if (r == -EEXIST && done < len) {
+			done += PAGE_SIZE; /* already there */
+			r = 0;
+		}
 	}
-	stat_add(h, ST_ZERO_FILLED, n);
-	return r;
+	stat_add(h, ST_ZERO_FILLED, done / PAGE_SIZE);
+	*done_pages = done / PAGE_SIZE;
+	return done == len ? 0 : r;
 }
 
 /* ---- bringing ranges home ---- */
@@ -494,6 +490,7 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 		return -EINVAL;
 	if (h->pid != getpid())
 		return -ECHILD;
+	service_quiesce(h);
 	int r = check_span(addr, len);
 	if (r)
 		return r;

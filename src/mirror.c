@@ -115,10 +115,11 @@ static int fault_none_run(struct rf *f, uintptr_t a, size_t n, size_t *done)
 	if (!k)
 		return 0; /* state changed under us: the caller looks again */
 	bool write = f->flags & UHMM_RANGE_WRITE;
-	int r = populate_zero(h, a, k, write);
-	uint64_t nv = r ? 0 : (UHMM_STATE_SYSTEM | (write ? 0 : PTE_ZERO));
+	size_t mapped;
+	int r = populate_zero(h, a, k, write, &mapped);
+	uint64_t nv = UHMM_STATE_SYSTEM | (write ? 0 : PTE_ZERO);
 	for (size_t i = 0; i < k; i++)
-		page_unlock(h, ents[i], nv);
+		page_unlock(h, ents[i], i < mapped ? nv : 0);
 	wake_range(h, a, k * PAGE_SIZE);
 	f->did = true;
 	return r ? -EFAULT : 0;
@@ -155,6 +156,7 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 		flags |= UHMM_RANGE_READ;
 	struct rf f = { .m = m, .h = m->dev->h, .flags = flags };
 	struct uhmm *h = f.h;
+	service_quiesce(h);
 	bool fault = flags != UHMM_RANGE_SNAPSHOT;
 	struct prot_cache pc;
 	prot_cache_init(&pc, a, a + npages * PAGE_SIZE);

@@ -159,7 +159,7 @@ bool pte_trylock(_Atomic uint64_t *e, uint64_t *old)
 	uint64_t v = atomic_load(e);
 	while (!(v & PTE_BUSY)) {
 		if (atomic_compare_exchange_weak(e, &v, v | PTE_BUSY)) {
-			*old = v & ~(PTE_WAITERS | PTE_DISCARD);
+			*old = v & ~(PTE_WAITERS | PTE_DISCARD | PTE_UNMAPPED | PTE_REMAP);
 			return true;
 		}
 	}
@@ -172,7 +172,7 @@ uint64_t pte_lock(_Atomic uint64_t *e)
 	for (;;) {
 		if (!(v & PTE_BUSY)) {
 			if (atomic_compare_exchange_weak(e, &v, v | PTE_BUSY))
-				return v & ~(PTE_WAITERS | PTE_DISCARD);
+				return v & ~(PTE_WAITERS | PTE_DISCARD | PTE_UNMAPPED | PTE_REMAP);
 			continue;
 		}
 		if (!(v & PTE_WAITERS)) {
@@ -199,17 +199,37 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 {
 	uint64_t v = atomic_load(e), nv;
 	struct uhmm_dpage *drop = NULL;
-	newval &= ~(PTE_BUSY | PTE_WAITERS | PTE_DISCARD);
+	newval &= ~(PTE_BUSY | PTE_WAITERS | PTE_DISCARD | PTE_REMAP | PTE_UNMAPPED);
+	if (v & PTE_REMAP) {
+		/* mremap moved this page while we held it: the value belongs
+		 * at the new address (whose entry was kept locked for it). */
+		if (v & PTE_DISCARD) {
+			if (pte_state(newval) == UHMM_STATE_DEVICE ||
+			    pte_state(newval) == UHMM_STATE_DEVICE_COHERENT)
+				dpage_put(pte_dpage(newval));
+			newval = UHMM_STATE_NONE;
+		}
+		remap_finish(h, e, newval);
+		newval = UHMM_STATE_NONE;
+		v = atomic_load(e);
+	}
 	for (;;) {
 		nv = newval;
 		drop = NULL;
-		if (v & PTE_DISCARD) {
-			/* The CPU side discarded the page while we held it: the
-			 * data is gone by the application's own request. */
-			if (pte_state(nv) == UHMM_STATE_DEVICE ||
-			    pte_state(nv) == UHMM_STATE_DEVICE_COHERENT)
+		if ((v & PTE_DISCARD) && !(v & PTE_REMAP)) {
+			/* The CPU side discarded the page while we held it.  Data
+			 * we moved to a device is dropped, as the application
+			 * asked.  A page we (re)populated in system memory stays:
+			 * we may have mapped it after the kernel's zap (then it is
+			 * there, fresh), or before (then it is gone, and a fault
+			 * there zero-fills it) — unless the range is unmapped. */
+			unsigned st = pte_state(nv);
+			if (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT) {
 				drop = pte_dpage(nv);
-			nv = UHMM_STATE_NONE;
+				nv = UHMM_STATE_NONE;
+			} else if (v & PTE_UNMAPPED) {
+				nv = UHMM_STATE_NONE;
+			}
 		}
 		if (atomic_compare_exchange_weak(e, &v, nv))
 			break;

@@ -7,6 +7,7 @@ UHMM_API int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct 
 	uintptr_t a = (uintptr_t)addr;
 	if (!h || !out || !addr || !npages || !aligned(a) || npages > (UINTPTR_MAX - a) / PAGE_SIZE)
 		return -EINVAL;
+	service_quiesce(h);
 	if (!range_covered(h, a, a + npages * PAGE_SIZE, true) &&
 	    !range_covered_any(h, a, a + npages * PAGE_SIZE))
 		return -ENOENT;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -331,7 +332,7 @@ static int scan_present(uintptr_t addr, size_t len, struct uhmm *h)
 static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	int r = registry_insert(h, start, end, false);
-	for (int tries = 0; r == -EEXIST && tries < 2; tries++) {
+	for (int tries = 0; r == -EEXIST && tries < 3; tries++) {
 		struct range_ent conflict;
 		bool found = false;
 		unsigned tok = ebr_enter();
@@ -343,9 +344,16 @@ static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end)
 			}
 		}
 		if (found) {
-			uint64_t seq = atomic_load(&conflict.h->svc_seq);
-			while ((seq & 1) && atomic_load(&conflict.h->svc_seq) == seq)
+			/* The kernel unmaps first and queues the UNMAP event after:
+			 * wait while that context has messages queued or a batch
+			 * in hand (bounded), then look again. */
+			for (int i = 0; i < 20000; i++) {
+				struct pollfd pf = { .fd = conflict.h->uffd, .events = POLLIN };
+				uint64_t seq = atomic_load(&conflict.h->svc_seq);
+				if (!(seq & 1) && poll(&pf, 1, 0) <= 0)
+					break;
 				sched_yield();
+			}
 		}
 		ebr_exit(tok);
 		r = registry_insert(h, start, end, false);
@@ -353,11 +361,20 @@ static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end)
 	return r;
 }
 
+struct reset_arg {
+	struct uhmm *h;
+};
+static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg);
+
 static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 {
 	int r = registry_insert_fresh(h, a, a + len);
 	if (r)
 		return r;
+	/* Entries left from memory that used to be here (a discard applied
+	 * late) must not describe the new memory. */
+	struct reset_arg ra0 = { h };
+	ptable_walk(&h->pt, a, a + len, reset_one, &ra0);
 	uint64_t ioctls = 0;
 	r = uffd_register(h->uffd, a, len, h->use_wp, &ioctls);
 	if (r) {
@@ -381,6 +398,7 @@ UHMM_API int uhmm_range_add(struct uhmm *h, void *addr, size_t len)
 {
 	if (!h)
 		return -EINVAL;
+	service_quiesce(h);
 	int r = check_span(addr, len);
 	if (r)
 		return r;
@@ -431,9 +449,12 @@ UHMM_API int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 
 /* Reset entries of [start, end) to "unknown, never populated", freeing
  * device pages (free) — callers brought data home first unless freeing. */
-struct reset_arg {
-	struct uhmm *h;
-};
+
+int range_reset_entries(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	struct reset_arg ra = { h };
+	return ptable_walk(&h->pt, start, end, reset_one, &ra);
+}
 
 static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
@@ -452,6 +473,7 @@ UHMM_API int uhmm_range_remove(struct uhmm *h, void *addr, size_t len)
 {
 	if (!h)
 		return -EINVAL;
+	service_quiesce(h);
 	int r = check_span(addr, len);
 	if (r)
 		return r;
@@ -477,6 +499,7 @@ UHMM_API int uhmm_free(struct uhmm *h, void *addr, size_t len)
 {
 	if (!h)
 		return -EINVAL;
+	service_quiesce(h);
 	int r = check_span(addr, len);
 	if (r)
 		return r;

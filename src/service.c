@@ -15,6 +15,7 @@
 
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ struct deferred {
 	uintptr_t addr;
 	unsigned flags;
 	uint32_t ptid;
+	bool unknown; /* address not managed yet: an event may still be queued */
 };
 
 struct svc {
@@ -55,6 +57,15 @@ static inline void cpu_relax(void)
 #elif defined(__aarch64__)
 	__asm__ __volatile__("yield");
 #endif
+}
+
+void service_quiesce(struct uhmm *h)
+{
+	uint64_t seq = atomic_load(&h->svc_seq);
+	if (!(seq & 1) || pthread_equal(pthread_self(), h->service))
+		return;
+	while (atomic_load(&h->svc_seq) == seq)
+		sched_yield();
 }
 
 void service_kick(struct uhmm *h)
@@ -90,11 +101,15 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 	int rc;
 	if (!range_lookup_managed(h, addr, &r)) {
 		ebr_exit(tok);
-		/* Not (or no longer) managed: a free slot of a device pool that
-		 * its device touched (it reads as zeros; allocation empties it
-		 * again), or a range being torn down; never leave it hanging. */
+		/* Not known: a range an mremap just moved, whose REMAP event is
+		 * still queued behind this fault (faults are read first); or a
+		 * free slot of a device pool its device touched (zeros).  Wait
+		 * until the queue holds no event, then serve it as what it is. */
+		if (!(flags & FAULT_DRAINED))
+			return -ENOENT;
 		size_t done;
-		uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done);
+		if (uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done) == -EAGAIN)
+			return -EAGAIN;
 		uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);
 		return 0;
 	}
@@ -107,7 +122,7 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 	return rc;
 }
 
-static void defer(struct svc *s, uintptr_t addr, unsigned flags, uint32_t ptid)
+static void defer(struct svc *s, uintptr_t addr, unsigned flags, uint32_t ptid, bool unknown)
 {
 	for (size_t i = 0; i < s->n; i++)
 		if ((s->q[i].addr & ~PAGE_MASK) == (addr & ~PAGE_MASK))
@@ -120,7 +135,7 @@ static void defer(struct svc *s, uintptr_t addr, unsigned flags, uint32_t ptid)
 		s->q = q;
 		s->cap = cap;
 	}
-	s->q[s->n++] = (struct deferred){ addr, flags, ptid };
+	s->q[s->n++] = (struct deferred){ addr, flags, ptid, unknown };
 	atomic_fetch_add(&s->h->waiting, 1);
 	stat_add(s->h, ST_DEFERRED, 1);
 }
@@ -131,13 +146,28 @@ static void defer(struct svc *s, uintptr_t addr, unsigned flags, uint32_t ptid)
  * back for nobody.  Once the page is unlocked, wake its waiters instead: a
  * thread whose page is still missing faults again and sends a fresh message.
  */
-static void retry_deferred(struct svc *s)
+static void retry_deferred(struct svc *s, bool drained)
 {
 	struct uhmm *h = s->h;
 	size_t k = 0;
 	for (size_t i = 0; i < s->n; i++) {
 		struct deferred d = s->q[i];
 		uintptr_t page = d.addr & ~PAGE_MASK;
+		if (d.unknown) {
+			/* Served once its event was handled or none is queued. */
+			int r = serve_fault(h, d.addr, d.flags | (drained ? FAULT_DRAINED : 0), d.ptid);
+			if (r == -ENOENT) {
+				s->q[k++] = d;
+				continue;
+			}
+			if (r == -EAGAIN) {
+				d.unknown = false; /* managed now, page busy */
+				s->q[k++] = d;
+				continue;
+			}
+			atomic_fetch_sub(&h->waiting, 1);
+			continue;
+		}
 		_Atomic uint64_t *e = ptable_entry(&h->pt, page, false);
 		if (e && (atomic_load(e) & PTE_BUSY)) {
 			s->q[k++] = d;
@@ -156,8 +186,9 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	case UFFD_EVENT_PAGEFAULT: {
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? FAULT_WRITE : 0;
 		uint32_t ptid = m->arg.pagefault.feat.ptid;
-		if (serve_fault(h, m->arg.pagefault.address, flags, ptid) == -EAGAIN)
-			defer(s, m->arg.pagefault.address, flags, ptid);
+		int r = serve_fault(h, m->arg.pagefault.address, flags, ptid);
+		if (r == -EAGAIN || r == -ENOENT)
+			defer(s, m->arg.pagefault.address, flags, ptid, r == -ENOENT);
 		break;
 	}
 	case UFFD_EVENT_REMOVE: {
@@ -191,6 +222,7 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 static void *service_main(void *arg)
 {
 	struct uhmm *h = arg;
+	uffd_set_service_thread();
 	struct svc s = { .h = h };
 	struct uffd_msg msgs[MSG_BATCH];
 	uint64_t spin_ns = (uint64_t)h->spin_us * 1000, last = now_ns();
@@ -208,7 +240,7 @@ static void *service_main(void *arg)
 			atomic_fetch_sub(&g_svc_busy, 1);
 			atomic_fetch_add(&h->svc_seq, 1);
 			if (s.n)
-				retry_deferred(&s);
+				retry_deferred(&s, false);
 			last = now_ns();
 			continue;
 		}
@@ -217,7 +249,7 @@ static void *service_main(void *arg)
 		if (n < 0 && errno != EAGAIN && errno != EINTR)
 			break;
 		if (s.n)
-			retry_deferred(&s);
+			retry_deferred(&s, true);
 		if (atomic_load(&h->stopping) && s.n == 0)
 			break;
 		if (spin && now_ns() - last < spin_ns) {

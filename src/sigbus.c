@@ -16,6 +16,7 @@
  */
 #include "internal.h"
 
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -57,6 +58,33 @@ static bool is_write(void *ucv)
 #endif
 }
 
+/* userfaultfds of SIGBUS-mode contexts (their queues hold only events). */
+#define MAX_SIGBUS_CTX 64
+static _Atomic int g_fds[MAX_SIGBUS_CTX];
+
+void sigbus_track_fd(int fd, bool on)
+{
+	for (int i = 0; i < MAX_SIGBUS_CTX; i++) {
+		int expected = on ? 0 : fd + 1;
+		if (atomic_compare_exchange_strong(&g_fds[i], &expected, on ? fd + 1 : 0))
+			return;
+	}
+}
+
+static bool events_pending(void)
+{
+	if (atomic_load(&g_svc_busy) > 0)
+		return true;
+	struct pollfd pf[MAX_SIGBUS_CTX];
+	nfds_t n = 0;
+	for (int i = 0; i < MAX_SIGBUS_CTX; i++) {
+		int v = atomic_load(&g_fds[i]);
+		if (v)
+			pf[n++] = (struct pollfd){ .fd = v - 1, .events = POLLIN };
+	}
+	return n && poll(pf, n, 0) > 0;
+}
+
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
@@ -67,15 +95,21 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	}
 	uintptr_t addr = (uintptr_t)si->si_addr;
 	struct range_ent r;
+	/* An madvise/munmap/mremap that returned has had its event read but
+	 * maybe not handled: let that finish first, as the service thread's
+	 * own ordering does in THREAD mode (else a page discarded a moment
+	 * ago could be filled here and then marked discarded). */
+	for (int i = 0; i < 100000 && atomic_load(&g_svc_busy) > 0; i++)
+		sched_yield();
 	unsigned tok = ebr_enter();
 	int rc = -ENOENT;
 	bool found = range_lookup(addr, &r);
-	if (!found && atomic_load(&g_svc_busy) > 0) {
-		/* mremap returns once its REMAP event was read, not handled:
-		 * the new address may not be registered with us yet. */
+	/* Not known: perhaps an mremap moved it and its REMAP event is still
+	 * queued (unread: the mremap caller waits) or being handled.  Wait
+	 * for the service threads while any of them has work. */
+	for (int i = 0; !found && i < 200000 && events_pending(); i++) {
 		ebr_exit(tok);
-		for (int i = 0; i < 100000 && atomic_load(&g_svc_busy) > 0; i++)
-			sched_yield();
+		sched_yield();
 		tok = ebr_enter();
 		found = range_lookup(addr, &r);
 	}

@@ -128,6 +128,15 @@ int uffd_unregister(int fd, uintptr_t start, size_t len)
  * mprotect, or being unmapped — so on a failure with no progress the next
  * page is tried alone: only a page that fails by itself is a failure.
  */
+/* Set on the service thread: EAGAIN means an event is waiting to be read,
+ * and only this thread reads events, so it must not wait for it. */
+static __thread bool tls_no_wait __attribute__((tls_model("initial-exec")));
+
+void uffd_set_service_thread(void)
+{
+	tls_no_wait = true;
+}
+
 #define UFFD_LOOP(call, field)                                                        \
 	size_t off = 0, chunk;                                                        \
 	int r = 0, again = 0;                                                         \
@@ -138,8 +147,10 @@ int uffd_unregister(int fd, uintptr_t start, size_t len)
 		r = call;                                                             \
 		if (got > 0)                                                          \
 			off += (size_t)got;                                           \
-		if (r == -EAGAIN)                                                     \
+		if (r == -EAGAIN && !tls_no_wait)                                     \
 			continue;                                                     \
+		if (r == -EAGAIN)                                                     \
+			break;                                                        \
 		if (!r) {                                                             \
 			single = false;                                               \
 			continue;                                                     \
@@ -212,7 +223,7 @@ int uffd_wp(int fd, uintptr_t start, size_t len, bool protect)
 	int r;
 	do
 		r = xioctl(fd, UFFDIO_WRITEPROTECT, &w);
-	while (r == -EAGAIN);
+	while (r == -EAGAIN && !tls_no_wait);
 	return r;
 }
 
@@ -228,7 +239,7 @@ int uffd_poison(int fd, uintptr_t start, size_t len)
 	int r;
 	do
 		r = xioctl(fd, UFFDIO_POISON, &p);
-	while (r == -EAGAIN);
+	while (r == -EAGAIN && !tls_no_wait);
 	return r;
 }
 

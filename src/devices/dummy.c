@@ -182,6 +182,7 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 		return -EINVAL;
 	if (atomic_load(&d->fail) & UHMM_DUMMY_LOST)
 		return -ENODEV;
+	service_quiesce(d->h);
 	uint64_t faults = 0, copied = 0;
 	int rc = 0;
 	unsigned stale = 0;
@@ -313,6 +314,7 @@ UHMM_API int uhmm_dummy_release(struct uhmm_device *d)
 {
 	if (!dummy_of(d))
 		return -EINVAL;
+	service_quiesce(d->h);
 	pthread_mutex_lock(&d->lock);
 	struct uhmm_devmem *list = d->mems;
 	pthread_mutex_unlock(&d->lock);
