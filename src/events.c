@@ -197,8 +197,16 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 	 * hold someone else's new mapping.  Removing write protection succeeds
 	 * only on a range registered (for WP) with this userfaultfd. */
 	bool still;
-	if (h->use_wp) {
-		still = uffd_wp(h->uffd, from, len, false) == 0;
+	int r = -EAGAIN;
+	/* EAGAIN until the mremap caller, woken by our read of the event,
+	 * clears the kernel's "mm changing" flag (or another event is queued). */
+	for (int i = 0; h->use_wp && r == -EAGAIN && i < 10000; i++) {
+		r = uffd_wp(h->uffd, from, len, false);
+		if (r == -EAGAIN)
+			sched_yield();
+	}
+	if (r != -EAGAIN && h->use_wp) {
+		still = r == 0;
 	} else {
 		struct vma_info v;
 		still = maps_query(from, from + len, &v, 1) > 0;
