@@ -109,6 +109,21 @@ static inline struct uhmm *t_open_opts(void **state, const struct uhmm_options *
 	return h;
 }
 
+/* ThreadSanitizer cannot run a forked child of a threaded process that
+ * starts threads itself (as a child opening its own context does). */
+#if defined(__SANITIZE_THREAD__)
+#define T_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define T_TSAN 1
+#endif
+#endif
+#ifdef T_TSAN
+#define SKIP_UNDER_TSAN_FORK() skip()
+#else
+#define SKIP_UNDER_TSAN_FORK() ((void)0)
+#endif
+
 static inline struct uhmm *t_open(void **state)
 {
 	return t_open_opts(state, NULL);

@@ -97,6 +97,7 @@ enum { C_OK = 0, C_OPEN = 10, C_DUMMY, C_INHERIT, C_WRITE, C_CHECK, C_OWN, C_CLO
  */
 static void anon_write_child(void **state)
 {
+	SKIP_UNDER_TSAN_FORK();
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
 	void *p = t_alloc(h, N);
@@ -155,6 +156,7 @@ static void anon_write_child(void **state)
  */
 static void anon_child_context(void **state)
 {
+	SKIP_UNDER_TSAN_FORK();
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
 	void *p = t_alloc(h, N);
@@ -202,6 +204,7 @@ static void anon_child_context(void **state)
  */
 static void anon_child_adopts(void **state)
 {
+	SKIP_UNDER_TSAN_FORK();
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
 	void *p = t_alloc(h, N);
