@@ -253,6 +253,7 @@ static void anon_child_adopts(void **state)
  */
 static void anon_write_child_shared(void **state)
 {
+	SKIP_UNDER_TSAN_FORK();
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
 	void *s = mmap(NULL, N * PS(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
