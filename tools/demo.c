@@ -6,8 +6,12 @@
  *   2. migrate   uhmm_migrate() moves every page into unaddressable device memory
  *   3. device    the device reads each batch in place, checks it, transforms it
  *                and writes it back (still in device memory)
- *   4. verify    the CPU reads every page: each access faults the page home;
- *                every byte is compared with the expected value
+ *   4. device B  a second dummy device reads a sample of the pages that live
+ *                on the first one: they come back through system memory (the
+ *                first device's mirror is invalidated first); B checks them
+ *   5. verify    the CPU reads every page: each access faults the page home
+ *                (the pages B touched are already home); every byte is
+ *                compared with the expected value
  *
  * --type coherent: the same buffer in coherent device memory (DEVICE |
  * ALLOW_MIGRATION): after migration the CPU reads, checks and transforms
@@ -164,7 +168,9 @@ struct demo {
 	struct phase phases[6];
 	int nphases;
 	uint64_t device_bad_pages, device_bad_bytes; /* seen by the device in step 3 */
-	uint64_t cpu_bad_pages, cpu_bad_bytes;       /* seen by the CPU in step 4 */
+	uint64_t cpu_bad_pages, cpu_bad_bytes;       /* seen by the CPU in step 5 */
+	uint64_t b_bad_pages, b_bad_bytes;           /* seen by device B in step 4 */
+	int readback_phase;                          /* 1 + index of the CPU read-back phase, 0 none */
 	int reported;
 };
 
@@ -262,7 +268,45 @@ static int step_device(struct demo *d, uint64_t *buf)
 	return 0;
 }
 
-/* Step 4: the CPU reads every byte; the first access to a page faults it home. */
+/*
+ * Step 4: a second dummy device B reads the first `sample` pages, which live
+ * in device A's private memory.  B's device fault (uhmm_range_fault) brings
+ * each page home to system memory (A's mirror is invalidated first, and A's
+ * page frees); B then reads it through its own page table and checks it.
+ * Returns the number of pages B read, or a negative errno.
+ */
+static int step_second_device(struct demo *d, struct uhmm_device *b, uint64_t *buf,
+                              size_t sample, struct uhmm_dummy_counters *c)
+{
+	for (size_t pg0 = 0; pg0 < sample; pg0 += BATCH_PAGES) {
+		size_t n = sample - pg0 < BATCH_PAGES ? sample - pg0 : BATCH_PAGES;
+		int rc = uhmm_dummy_read(b, d->mem + pg0 * d->pagesz, buf, n, c);
+
+		if (rc < 0) {
+			fprintf(stderr, "uhmm demo: uhmm_dummy_read (device B) at page %zu: %s\n", pg0,
+			        strerror(-rc));
+			return rc;
+		}
+		for (size_t i = 0; i < n; i++) {
+			const uint64_t *q = buf + i * d->words;
+			unsigned bad = 0;
+
+			for (size_t w = 0; w < d->words; w++) {
+				uint64_t want = pattern(pg0 + i, w) ^ DEVICE_XOR;
+
+				if (q[w] != want) {
+					report_mismatch(d, "device B read", pg0 + i, w, want, q[w]);
+					d->b_bad_bytes += bytes_differing(want, q[w]);
+					bad = 1;
+				}
+			}
+			d->b_bad_pages += bad;
+		}
+	}
+	return 0;
+}
+
+/* Step 5: the CPU reads every byte; the first access to a page faults it home. */
 static void step_verify(struct demo *d)
 {
 	for (size_t pg = 0; pg < d->npages; pg++) {
@@ -308,10 +352,12 @@ static void print_report(const struct demo *d, const struct uhmm_stats *tot,
 	printf("  CPU faults served          %" PRIu64 " (%" PRIu64 " pages zero-filled, %" PRIu64
 	       " retried on a busy page)\n", tot->cpu_faults, tot->pages_zero_filled,
 	       tot->deferred_faults);
-	if (tot->cpu_faults && tot->pages_to_system && d->nphases == 4)
-		printf("  pages per fault (home)     %.1f\n",
-		       (double)d->phases[3].d.pages_to_system /
-		       (double)(d->phases[3].d.cpu_faults ? d->phases[3].d.cpu_faults : 1));
+	if (tot->cpu_faults && tot->pages_to_system && d->readback_phase) {
+		const struct phase *rb = &d->phases[d->readback_phase - 1];
+
+		printf("  pages per fault (home)     %.1f\n", (double)rb->d.pages_to_system /
+		       (double)(rb->d.cpu_faults ? rb->d.cpu_faults : 1));
+	}
 	printf("  device fault rounds        %" PRIu64 "\n", tot->device_faults);
 	printf("  kernel calls               %" PRIu64 " UFFDIO_MOVE, %" PRIu64
 	       " copy; %" PRIu64 " pages by copy + unmap fallback\n",
@@ -754,9 +800,11 @@ int cmd_demo(int argc, char **argv)
 	struct uhmm_dummy_options dopts;
 	struct uhmm_migrate_result mres = { 0, 0 };
 	struct uhmm_stats s0, s1, tot;
-	struct uhmm_dummy_counters dc = { 0, 0 };
+	struct uhmm_dummy_counters dc = { 0, 0 }, bc = { 0, 0 };
+	struct uhmm_device *devb = NULL;
 	struct demo d;
-	size_t counts[4][NSTATES];
+	size_t counts[5][NSTATES], sample_counts[NSTATES], sample;
+	int moved_ok = 1;
 	enum uhmm_fault_mode mode = UHMM_FAULT_AUTO;
 	enum demo_type type = TYPE_PRIVATE;
 	size_t size = DEFAULT_SIZE;
@@ -818,14 +866,14 @@ int cmd_demo(int argc, char **argv)
 	                     (d.size + UHMM_DUMMY_CHUNK - 1) / UHMM_DUMMY_CHUNK * UHMM_DUMMY_CHUNK));
 	uhmm_stats_get(d.h, &s0);
 
-	printf("\n[1/4] CPU fills every page with a per-page pattern\n");
+	printf("\n[1/5] CPU fills every page with a per-page pattern\n");
 	phase_begin(&d);
 	step_fill(&d);
 	phase_end(&d, "1 fill (CPU first touch)");
 	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[0]) < 0)
 		goto out_free;
 
-	printf("[2/4] migrate to the device (uhmm_migrate)\n");
+	printf("[2/5] migrate to the device (uhmm_migrate)\n");
 	phase_begin(&d);
 	rc = uhmm_migrate(d.h, d.mem, d.size, d.dev, &mres);
 	phase_end(&d, "2 migrate to device");
@@ -837,7 +885,7 @@ int cmd_demo(int argc, char **argv)
 	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[1]) < 0)
 		goto out_free;
 
-	printf("[3/4] device reads, checks, transforms (xor 0xa5) and writes back, %d pages at a time\n",
+	printf("[3/5] device A reads, checks, transforms (xor 0xa5) and writes back, %d pages at a time\n",
 	       BATCH_PAGES);
 	phase_begin(&d);
 	rc = step_device(&d, buf);
@@ -847,11 +895,47 @@ int cmd_demo(int argc, char **argv)
 	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[2]) < 0)
 		goto out_free;
 
-	printf("[4/4] CPU reads every byte back (faulting pages home) and verifies\n");
+	/* Step 4: a second device reads 10% of the pages (at least one) from device A. */
+	sample = d.npages / 10 ? d.npages / 10 : 1;
+	memset(&dopts, 0, sizeof(dopts));
+	dopts.capacity = sample * d.pagesz;
+	rc = uhmm_dummy_create(d.h, &dopts, &devb);
+	if (rc < 0) {
+		fprintf(stderr, "uhmm demo: uhmm_dummy_create (device B): %s\n", strerror(-rc));
+		goto out_free;
+	}
+	if (count_states(d.h, d.mem, sample, d.pagesz, sample_counts) < 0)
+		goto out_free;
+	printf("[4/5] a second dummy device B reads the first %zu pages (%zu of them on "
+	       "device A)\n", sample, sample_counts[UHMM_STATE_DEVICE]);
+	phase_begin(&d);
+	rc = step_second_device(&d, devb, buf, sample, &bc);
+	phase_end(&d, "4 device B reads A's pages");
+	if (rc < 0)
+		goto out_free;
+	{
+		const struct phase *ph = &d.phases[d.nphases - 1];
+
+		printf("      %" PRIu64 " pages moved device A -> system memory, %" PRIu64
+		       " mirror invalidations (A's),\n      %" PRIu64
+		       " device fault rounds on B; %s\n",
+		       ph->d.pages_to_system, ph->d.invalidations, bc.faults,
+		       d.b_bad_pages ? "data MISMATCH" : "every byte as device A wrote it");
+		if (ph->d.pages_to_system != sample_counts[UHMM_STATE_DEVICE]) {
+			fprintf(stderr, "uhmm demo: device B: expected %zu pages moved home, %" PRIu64
+			        "\n", sample_counts[UHMM_STATE_DEVICE], ph->d.pages_to_system);
+			moved_ok = 0;
+		}
+	}
+	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[3]) < 0)
+		goto out_free;
+
+	printf("[5/5] CPU reads every byte back (faulting pages home) and verifies\n");
 	phase_begin(&d);
 	step_verify(&d);
-	phase_end(&d, "4 CPU read-back + verify");
-	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[3]) < 0)
+	phase_end(&d, "5 CPU read-back + verify");
+	d.readback_phase = d.nphases;
+	if (count_states(d.h, d.mem, d.npages, d.pagesz, counts[4]) < 0)
 		goto out_free;
 
 	uhmm_stats_get(d.h, &s1);
@@ -862,7 +946,8 @@ int cmd_demo(int argc, char **argv)
 	print_states("after fill", counts[0]);
 	print_states("after migrate", counts[1]);
 	print_states("after device op", counts[2]);
-	print_states("after CPU read-back", counts[3]);
+	print_states("after device B read", counts[3]);
+	print_states("after CPU read-back", counts[4]);
 	print_report(&d, &tot, &dc);
 
 	printf("\nresult\n");
@@ -872,11 +957,15 @@ int cmd_demo(int argc, char **argv)
 	if (d.cpu_bad_pages)
 		printf("  CPU saw %" PRIu64 " bad bytes in %" PRIu64 " pages after read-back\n",
 		       d.cpu_bad_bytes, d.cpu_bad_pages);
-	if (d.device_bad_pages || d.cpu_bad_pages) {
-		printf("  FAILED: data mismatch\n");
+	if (d.b_bad_pages)
+		printf("  device B saw %" PRIu64 " bad bytes in %" PRIu64 " pages\n", d.b_bad_bytes,
+		       d.b_bad_pages);
+	if (d.device_bad_pages || d.cpu_bad_pages || d.b_bad_pages || !moved_ok) {
+		printf("  FAILED: %s\n", moved_ok ? "data mismatch" : "pages not where expected");
 		goto out_free;
 	}
-	printf("  OK: all %zu bytes verified on the device and again on the CPU\n", d.size);
+	printf("  OK: all %zu bytes verified on the device and again on the CPU; %zu pages "
+	       "read by device B from device A verified\n", d.size, sample);
 	ret = CLI_EXIT_OK;
 
 out_free:

@@ -40,8 +40,10 @@ static const struct cli_cmd commands[] = {
 	  "migrate memory to a dummy device and back, verify every byte",
 	  "Allocate S bytes of managed memory (default 256M), fill them with a\n"
 	  "per-page pattern, migrate them to a dummy device, let the device\n"
-	  "transform them in place, read them back on the CPU (each page faults\n"
-	  "home) and verify every byte.  Prints pages moved each way, faults,\n"
+	  "transform them in place, let a second dummy device read a tenth of\n"
+	  "them (they come home through system memory), read them back on the\n"
+	  "CPU (each page faults home) and verify every byte.  Prints pages\n"
+	  "moved each way, faults, mirror invalidations,\n"
 	  "time per phase and throughput.  Exits 1 on any mismatch or error.\n"
 	  "\n"
 	  "  -s, --size S   bytes to use: a number with an optional K/M/G/T suffix\n"

@@ -132,6 +132,9 @@ struct worker {
 	const char *opname;
 	const char *prevop;
 	unsigned long nops;
+	/* The last operations, printed on failure to help replay by reading. */
+	struct { const char *name; int region; void *base; } hist[16];
+	unsigned nhist;
 	struct region reg[REGIONS];
 	unsigned char *buf;   /* max_pages * PS */
 };
@@ -177,6 +180,9 @@ static void fail(struct worker *w, const void *addr, const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "\n");
+	for (unsigned k = w->nhist > 16 ? w->nhist - 16 : 0; k < w->nhist; k++)
+		fprintf(stderr, "uhmm-stress:   history: %s region %d base %p\n", w->hist[k % 16].name,
+		        w->hist[k % 16].region, w->hist[k % 16].base);
 	if (addr) {
 		struct uhmm_page_info pi;
 		int rc = uhmm_query(H, (const void *)((uintptr_t)addr & ~(PS - 1)), 1, &pi);
@@ -753,6 +759,10 @@ static void *worker_main(void *arg)
 		struct region *r = &w->reg[rnd_below(&w->rng, REGIONS)];
 		w->prevop = w->opname;
 		w->opname = ops[o].name;
+		w->hist[w->nhist % 16].name = ops[o].name;
+		w->hist[w->nhist % 16].region = (int)(r - w->reg);
+		w->hist[w->nhist % 16].base = r->base;
+		w->nhist++;
 		if (!r->live && o != O_DEVMEM && o != O_FOREIGN && o != O_RELEASE) {
 			w->opname = "realloc";
 			op_realloc(w, r);
