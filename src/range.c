@@ -542,6 +542,11 @@ UHMM_API int uhmm_mprotect(struct uhmm *h, void *addr, size_t len, int prot)
 	if (r)
 		return r;
 	uintptr_t a = (uintptr_t)addr;
+	/* Before: devices stop using the old protection.  After: a device
+	 * fault that ran in between built entries from the old protection;
+	 * the second invalidation drops them (and fails their read_retry). */
 	mirror_invalidate(h, a, a + len, UHMM_EVENT_PROTECT, NULL);
-	return mprotect(addr, len, prot) ? -errno : 0;
+	r = mprotect(addr, len, prot) ? -errno : 0;
+	mirror_invalidate(h, a, a + len, UHMM_EVENT_PROTECT, NULL);
+	return r;
 }
