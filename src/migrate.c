@@ -184,22 +184,16 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		r = -ENOMEM;
 		goto undo;
 	}
-	/* Read page by page past a failure: a page the application discarded
-	 * meanwhile (not present) reads as what it is, zeros. */
+	/* A page that is not there any more was discarded (madvise) or moved
+	 * (mremap) meanwhile: which one is not known here, so the run is left
+	 * where it is (skipped); the event that did it updates its state. */
 	for (size_t off = 0; off < len;) {
 		ssize_t got = procmem_read(buf + off, a + off, len - off);
-		if (got < 0 && got != -EIO) {
-			r = (int)got;
+		if (got <= 0) {
+			r = got < 0 && got != -EIO ? (int)got : -ENOENT;
 			goto undo;
 		}
-		if (got > 0) {
-			off += (size_t)got;
-			continue;
-		}
-		/* Discarded meanwhile: its content is zeros now, and so is the
-		 * device copy. */
-		memset(buf + off, 0, PAGE_SIZE);
-		off += PAGE_SIZE;
+		off += (size_t)got;
 	}
 	if (m->host_registered) {
 		size_t done;
@@ -254,8 +248,9 @@ static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		i += done / PAGE_SIZE;
 		if (!r)
 			break;
-		/* p[i] failed: ENOENT = discarded meanwhile (now a hole);
-		 * EBUSY = shared with a child after fork: copy it instead. */
+		/* p[i] failed: ENOENT = discarded or moved by mremap meanwhile
+		 * (skipped: the event that did it updates its state); EBUSY =
+		 * shared with a child after fork: copy it instead. */
 		if (r == -ENOENT)
 			p[i].err = -ENOENT;
 		else
@@ -284,7 +279,7 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 		} else {
 			/* A failed copy may have filled the slot: empty it before reuse. */
 			dpage_put(p[i].dp);
-			p[i].new = p[i].err == -ENOENT ? UHMM_STATE_NONE : p[i].old;
+			p[i].new = p[i].old;
 		}
 	}
 	stat_add(h, ST_TO_DEVICE, moved);
