@@ -7,7 +7,7 @@
 
 struct inval_log {
 	atomic_uint n;
-	struct { uintptr_t start, end; enum uhmm_event ev; } e[LOGN];
+	struct { uintptr_t start, end; enum uhmm_event ev; _Atomic int ready; } e[LOGN];
 };
 
 static void log_invalidate(struct uhmm_mirror *m, uintptr_t start, uintptr_t end,
@@ -19,6 +19,7 @@ static void log_invalidate(struct uhmm_mirror *m, uintptr_t start, uintptr_t end
 		l->e[i].start = start;
 		l->e[i].end = end;
 		l->e[i].ev = ev;
+		atomic_store_explicit(&l->e[i].ready, 1, memory_order_release); /* publish */
 	}
 }
 
@@ -27,7 +28,8 @@ static bool logged(struct inval_log *l, enum uhmm_event ev, const void *a, const
 {
 	unsigned n = atomic_load(&l->n);
 	for (unsigned i = 0; i < n && i < LOGN; i++)
-		if (l->e[i].ev == ev && l->e[i].start <= (uintptr_t)a && l->e[i].end >= (uintptr_t)b)
+		if (atomic_load_explicit(&l->e[i].ready, memory_order_acquire) && l->e[i].ev == ev &&
+		    l->e[i].start <= (uintptr_t)a && l->e[i].end >= (uintptr_t)b)
 			return true;
 	return false;
 }
