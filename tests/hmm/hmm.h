@@ -39,6 +39,7 @@ struct ilog_ent {
 	uintptr_t start, end;
 	enum uhmm_event ev;
 	struct ilog_probe p[ILOG_WATCH];
+	atomic_int ready; /* set (release) once the entry is filled in */
 };
 
 struct ilog {
@@ -99,6 +100,9 @@ static void ilog_invalidate(struct uhmm_mirror *m, uintptr_t start, uintptr_t en
 				p->host_word0 = *(const volatile uint64_t *)ha;
 		}
 	}
+	/* Readers (another thread, for kernel-reported events) see the entry
+	 * only once it is complete. */
+	atomic_store_explicit(&e->ready, 1, memory_order_release);
 }
 
 static inline struct ilog *ilog_new(struct uhmm *h)
@@ -127,8 +131,8 @@ static inline int ilog_find_from(struct ilog *l, unsigned from, enum uhmm_event 
 {
 	unsigned n = atomic_load(&l->n);
 	for (unsigned i = from; i < n && i < ILOG_MAX; i++)
-		if (l->e[i].ev == ev && l->e[i].start <= (uintptr_t)a &&
-		    l->e[i].end >= (uintptr_t)b)
+		if (atomic_load_explicit(&l->e[i].ready, memory_order_acquire) &&
+		    l->e[i].ev == ev && l->e[i].start <= (uintptr_t)a && l->e[i].end >= (uintptr_t)b)
 			return (int)i;
 	return -1;
 }
