@@ -361,10 +361,6 @@ static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end)
 	return r;
 }
 
-struct reset_arg {
-	struct uhmm *h;
-};
-static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg);
 
 static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 {
@@ -373,8 +369,7 @@ static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 		return r;
 	/* Entries left from memory that used to be here (a discard applied
 	 * late) must not describe the new memory. */
-	struct reset_arg ra0 = { h };
-	ptable_walk(&h->pt, a, a + len, reset_one, &ra0);
+	range_reset_entries(h, a, a + len);
 	uint64_t ioctls = 0;
 	r = uffd_register(h->uffd, a, len, h->use_wp, &ioctls);
 	if (r) {
@@ -450,23 +445,22 @@ UHMM_API int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 /* Reset entries of [start, end) to "unknown, never populated", freeing
  * device pages (free) — callers brought data home first unless freeing. */
 
-int range_reset_entries(struct uhmm *h, uintptr_t start, uintptr_t end)
-{
-	struct reset_arg ra = { h };
-	return ptable_walk(&h->pt, start, end, reset_one, &ra);
-}
-
 static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
-	struct reset_arg *ra = arg;
+	struct uhmm *h = arg;
 	(void)addr;
 	if (atomic_load(e) == 0)
 		return 0;
 	uint64_t v = pte_lock(e);
 	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
 		dpage_put(pte_dpage(v));
-	page_unlock(ra->h, e, 0);
+	page_unlock(h, e, 0);
 	return 0;
+}
+
+int range_reset_entries(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	return ptable_walk(&h->pt, start, end, reset_one, h);
 }
 
 UHMM_API int uhmm_range_remove(struct uhmm *h, void *addr, size_t len)
@@ -490,8 +484,7 @@ UHMM_API int uhmm_range_remove(struct uhmm *h, void *addr, size_t len)
 	mirror_invalidate(h, a, e, UHMM_EVENT_RANGE_REMOVE, NULL);
 	uffd_unregister(h->uffd, a, len);
 	range_forget(h, a, e);
-	struct reset_arg ra = { h };
-	ptable_walk(&h->pt, a, e, reset_one, &ra);
+	range_reset_entries(h, a, e);
 	return 0;
 }
 
@@ -511,8 +504,7 @@ UHMM_API int uhmm_free(struct uhmm *h, void *addr, size_t len)
 	mirror_invalidate(h, a, e, UHMM_EVENT_UNMAP, NULL);
 	uffd_unregister(h->uffd, a, len);
 	range_forget(h, a, e);
-	struct reset_arg ra = { h };
-	ptable_walk(&h->pt, a, e, reset_one, &ra);
+	range_reset_entries(h, a, e);
 	munmap(addr, len);
 	return 0;
 }
