@@ -9,6 +9,7 @@
  */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -329,42 +330,78 @@ static int scan_present(uintptr_t addr, size_t len, struct uhmm *h)
  * conflict with a range whose event is being handled is stale.  Wait for
  * that batch (svc_seq odd → changes) and look again.
  */
-static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end)
+static bool find_conflict(uintptr_t start, uintptr_t end, struct range_ent *out)
+{
+	unsigned tok = ebr_enter();
+	struct range_set *set = atomic_load(&g_ranges);
+	bool found = false;
+	for (size_t i = 0; set && i < set->n && !found; i++) {
+		if (set->e[i].start < end && set->e[i].end > start) {
+			*out = set->e[i];
+			found = true;
+		}
+	}
+	ebr_exit(tok);
+	return found;
+}
+
+/*
+ * An overlap with a registered range may be stale: the kernel unmaps first
+ * and queues the UNMAP event after, and may hand the addresses to the next
+ * mmap before the event is even queued.  The overlap is real only if the
+ * kernel still has that range registered with its context (removing write
+ * protection succeeds only there); a stale one is waited out (bounded).
+ */
+/* Is the VMA at addr registered with some userfaultfd ("um" in smaps)? */
+static bool vma_registered(uintptr_t addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return true; /* cannot tell: assume a real overlap */
+	char line[512];
+	bool in = false, reg = false;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s0, e0;
+		if (sscanf(line, "%lx-%lx ", &s0, &e0) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			if (in)
+				break;
+			in = addr >= s0 && addr < e0;
+		} else if (in && !strncmp(line, "VmFlags:", 8)) {
+			reg = strstr(line, " um") != NULL;
+			break;
+		}
+	}
+	fclose(f);
+	return reg;
+}
+
+/*
+ * An overlap with a registered range may be stale: the kernel unmaps first
+ * and queues the UNMAP event after, and may hand the addresses to the next
+ * mmap before the event is even queued.  Memory uhmm just mapped itself
+ * (fresh) cannot really overlap; adopted memory does only if the kernel has
+ * it registered with a userfaultfd.  A stale overlap is waited out.
+ */
+static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end, bool fresh)
 {
 	int r = registry_insert(h, start, end, false);
-	for (int tries = 0; r == -EEXIST && tries < 3; tries++) {
-		struct range_ent conflict;
-		bool found = false;
-		unsigned tok = ebr_enter();
-		struct range_set *set = atomic_load(&g_ranges);
-		for (size_t i = 0; set && i < set->n && !found; i++) {
-			if (set->e[i].start < end && set->e[i].end > start) {
-				conflict = set->e[i];
-				found = true;
-			}
+	for (int i = 0; r == -EEXIST && i < 20000; i++) {
+		struct range_ent c;
+		if (find_conflict(start, end, &c)) {
+			if (c.pool || c.persist)
+				return -EEXIST;
+			if (!fresh && i == 0 && vma_registered(MAX(start, c.start)))
+				return -EEXIST; /* really managed */
+			sched_yield();
 		}
-		if (found) {
-			/* The kernel unmaps first and queues the UNMAP event after:
-			 * wait while that context has messages queued or a batch
-			 * in hand (bounded), then look again. */
-			for (int i = 0; i < 20000; i++) {
-				struct pollfd pf = { .fd = conflict.h->uffd, .events = POLLIN };
-				uint64_t seq = atomic_load(&conflict.h->svc_seq);
-				if (!(seq & 1) && poll(&pf, 1, 0) <= 0)
-					break;
-				sched_yield();
-			}
-		}
-		ebr_exit(tok);
 		r = registry_insert(h, start, end, false);
 	}
 	return r;
 }
 
-
 static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 {
-	int r = registry_insert_fresh(h, a, a + len);
+	int r = registry_insert_fresh(h, a, a + len, !adopt);
 	if (r)
 		return r;
 	/* Entries left from memory that used to be here (a discard applied
