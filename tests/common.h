@@ -118,6 +118,15 @@ static inline struct uhmm *t_open_opts(void **state, const struct uhmm_options *
 #define T_TSAN 1
 #endif
 #endif
+/* Sanitizer runtimes map memory of their own as they go. */
+#if defined(T_TSAN) || defined(__SANITIZE_ADDRESS__)
+#define T_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define T_SANITIZER 1
+#endif
+#endif
+
 #ifdef T_TSAN
 #define SKIP_UNDER_TSAN_FORK() skip()
 #else
