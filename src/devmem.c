@@ -165,6 +165,20 @@ static size_t alloc_words(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **o
 	return got;
 }
 
+/* Add a chunk of the class the device grows by, if that class is the one
+ * asked for (coherent or private) and capacity allows.  d->lock held. */
+static bool grow(struct uhmm_device *d, size_t total, bool coherent)
+{
+	unsigned f = d->grow_flags;
+	bool is_coherent = (f & UHMM_DEVMEM_ALLOW_MIGRATION) && !(f & UHMM_DEVMEM_UNADDRESSABLE);
+	bool is_private = f & UHMM_DEVMEM_UNADDRESSABLE;
+	if (!d->grow_chunk || total + d->grow_chunk > d->capacity ||
+	    (coherent ? !is_coherent : !is_private))
+		return false;
+	struct uhmm_devmem *m;
+	return devmem_create(d, d->grow_chunk, f, NULL, &m) == 0;
+}
+
 size_t devmem_alloc_contig(struct uhmm_device *d, size_t n, struct uhmm_dpage **out)
 {
 	if (atomic_load(&d->fail) & (UHMM_DUMMY_FAIL_ALLOC | UHMM_DUMMY_LOST))
@@ -178,12 +192,7 @@ size_t devmem_alloc_contig(struct uhmm_device *d, size_t n, struct uhmm_dpage **
 			if (!atomic_load(&m->dead) && devmem_coherent(m))
 				got = alloc_words(m, n, out);
 		}
-		if (got || !d->grow_chunk || total + d->grow_chunk > d->capacity ||
-		    (d->grow_flags & UHMM_DEVMEM_UNADDRESSABLE) ||
-		    !(d->grow_flags & UHMM_DEVMEM_ALLOW_MIGRATION))
-			break;
-		struct uhmm_devmem *m;
-		if (devmem_create(d, d->grow_chunk, d->grow_flags, NULL, &m))
+		if (got || !grow(d, total, true))
 			break;
 	}
 	pthread_mutex_unlock(&d->lock);
@@ -206,11 +215,7 @@ size_t devmem_alloc(struct uhmm_device *d, size_t n, struct uhmm_dpage **out)
 				continue;
 			got += alloc_from(m, n - got, out + got);
 		}
-		if (got == n || !d->grow_chunk || total + d->grow_chunk > d->capacity ||
-		    !(d->grow_flags & UHMM_DEVMEM_UNADDRESSABLE))
-			break;
-		struct uhmm_devmem *m;
-		if (devmem_create(d, d->grow_chunk, d->grow_flags, NULL, &m))
+		if (got == n || !grow(d, total, false))
 			break;
 	}
 	pthread_mutex_unlock(&d->lock);
