@@ -95,10 +95,23 @@ struct remap_arg {
 	uintptr_t from, to;
 };
 
+/*
+ * A page mremap moved whose entries are busy: the move completes when it
+ * has both ends, whichever comes last.
+ *   value: the page's entry value, from its old entry (at once, or from
+ *          the unlocker of a BUSY old entry, which we mark PTE_REMAP);
+ *   to:    the new address's entry, locked for us (at once, or handed
+ *          over by the unlocker of a BUSY new entry — a holder that
+ *          checked the memory that was at that address before — which we
+ *          mark PTE_INSTALL).
+ * Until then the new entry stays locked: nothing serves the new address
+ * with a value that is still on its way.
+ */
 struct remap_pending {
 	_Atomic uint64_t *from, *to;
 	uintptr_t to_addr;
-	uint64_t to_old;
+	uint64_t value, to_old;
+	bool have_value, have_to;
 	struct remap_pending *next;
 };
 
@@ -114,22 +127,66 @@ static void remap_move(struct uhmm *h, _Atomic uint64_t *ne, uint64_t nold, uint
 	wake_range(h, na, PAGE_SIZE);
 }
 
+/* With remap_lock held: the record, unlinked, if it has both ends. */
+static struct remap_pending *remap_ready(struct uhmm *h, struct remap_pending *rp)
+{
+	if (!rp->have_value || !rp->have_to)
+		return NULL;
+	for (struct remap_pending **pp = &h->remaps; *pp; pp = &(*pp)->next) {
+		if (*pp == rp) {
+			*pp = rp->next;
+			return rp;
+		}
+	}
+	return NULL;
+}
+
+static void remap_complete(struct uhmm *h, struct remap_pending *rp)
+{
+	if (!rp)
+		return;
+	remap_move(h, rp->to, rp->to_old, rp->to_addr, rp->value);
+	free(rp);
+}
+
+/* The old entry's value is known (its holder unlocked, or we locked it). */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 {
+	struct remap_pending *done = NULL;
 	pthread_mutex_lock(&h->remap_lock);
-	struct remap_pending **pp = &h->remaps, *rp = NULL;
-	for (; *pp; pp = &(*pp)->next) {
-		if ((*pp)->from == e) {
-			rp = *pp;
-			*pp = rp->next;
+	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
+		if (rp->from == e && !rp->have_value) {
+			rp->value = value;
+			rp->have_value = true;
+			done = remap_ready(h, rp);
 			break;
 		}
 	}
 	pthread_mutex_unlock(&h->remap_lock);
-	if (rp) {
-		remap_move(h, rp->to, rp->to_old, rp->to_addr, value);
-		free(rp);
+	remap_complete(h, done);
+}
+
+/* The new entry's holder gave it up (PTE_INSTALL): it is ours, locked. */
+void remap_take(struct uhmm *h, _Atomic uint64_t *ne)
+{
+	uint64_t v = atomic_load(ne);
+	while (!atomic_compare_exchange_weak(ne, &v, v & ~PTE_INSTALL))
+		;
+	struct remap_pending *done = NULL, *found = NULL;
+	pthread_mutex_lock(&h->remap_lock);
+	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
+		if (rp->to == ne && !rp->have_to) {
+			rp->have_to = true;
+			rp->to_old = UHMM_STATE_NONE; /* the holder dropped its value */
+			done = remap_ready(h, rp);
+			found = rp;
+			break;
+		}
 	}
+	pthread_mutex_unlock(&h->remap_lock);
+	if (!found)
+		page_unlock(h, ne, UHMM_STATE_NONE); /* not expected: leave nothing locked */
+	remap_complete(h, done);
 }
 
 static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
@@ -140,46 +197,65 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		return 0;
 	uintptr_t na = ra->to + (addr - ra->from);
 	_Atomic uint64_t *ne = ptable_entry(&h->pt, na, true);
+	struct remap_pending *rp;
 	if (!ne)
 		return 0;
-	/* The new address is fresh: its entry is free unless a fault there
-	 * already waits (it then sees the moved value once we unlock). */
-	uint64_t nold = pte_lock(ne);
-	uint64_t v;
+	while (!(rp = malloc(sizeof(*rp))))
+		sched_yield();
+	*rp = (struct remap_pending){ .from = e, .to = ne, .to_addr = na };
+	pthread_mutex_lock(&h->remap_lock);
+	rp->next = h->remaps;
+	h->remaps = rp;
+	pthread_mutex_unlock(&h->remap_lock);
+
+	/* The new end.  A holder of the new entry checked whatever was mapped
+	 * there before (its marks were about that memory: replaced). */
 	for (;;) {
+		uint64_t nold, cur = atomic_load(ne);
+		if (pte_trylock(ne, &nold)) {
+			pthread_mutex_lock(&h->remap_lock);
+			rp->have_to = true;
+			rp->to_old = nold;
+			pthread_mutex_unlock(&h->remap_lock);
+			break;
+		}
+		if ((cur & PTE_BUSY) &&
+		    atomic_compare_exchange_weak(ne, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_INSTALL))
+			break;
+	}
+	/* The old end: never wait for its holder (a migration, which may
+	 * itself wait for this thread); its unlocker finishes the move. */
+	for (;;) {
+		uint64_t v, cur = atomic_load(e);
 		if (pte_trylock(e, &v)) {
-			remap_move(h, ne, nold, na, v);
 			page_unlock(h, e, UHMM_STATE_NONE);
+			remap_finish(h, e, v);
+			break;
+		}
+		if ((cur & PTE_BUSY) && atomic_compare_exchange_weak(e, &cur, cur | PTE_REMAP))
+			break;
+	}
+	return 0;
+}
+
+/* Entries left at an mremap's destination described memory that mremap
+ * replaced.  On the service thread: never wait for a holder; mark it. */
+static int reset_dest_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
+{
+	struct uhmm *h = arg;
+	(void)addr;
+	for (;;) {
+		uint64_t old, v = atomic_load(e);
+		if (v == 0)
+			return 0;
+		if (pte_trylock(e, &old)) {
+			if (pte_state(old) == UHMM_STATE_DEVICE || pte_state(old) == UHMM_STATE_DEVICE_COHERENT)
+				dpage_put(pte_dpage(old));
+			page_unlock(h, e, 0);
 			return 0;
 		}
-		/* Busy (a migration, which may itself wait for this thread):
-		 * hand the move to its unlocker and keep the new entry locked
-		 * until then, so nothing serves the new address meanwhile. */
-		struct remap_pending *rp = malloc(sizeof(*rp));
-		if (!rp) {
-			sched_yield();
-			continue;
-		}
-		*rp = (struct remap_pending){ .from = e, .to = ne, .to_addr = na, .to_old = nold };
-		pthread_mutex_lock(&h->remap_lock);
-		rp->next = h->remaps;
-		h->remaps = rp;
-		pthread_mutex_unlock(&h->remap_lock);
-		uint64_t cur = atomic_load(e);
-		while ((cur & PTE_BUSY) && !atomic_compare_exchange_weak(e, &cur, cur | PTE_REMAP))
-			;
-		if (cur & PTE_BUSY)
-			return 0; /* marked: the unlocker finishes the move */
-		/* Unlocked meanwhile: take the record back and retry. */
-		pthread_mutex_lock(&h->remap_lock);
-		for (struct remap_pending **pp = &h->remaps; *pp; pp = &(*pp)->next) {
-			if (*pp == rp) {
-				*pp = rp->next;
-				break;
-			}
-		}
-		pthread_mutex_unlock(&h->remap_lock);
-		free(rp);
+		if ((v & PTE_BUSY) && atomic_compare_exchange_weak(e, &v, v | PTE_DISCARD | PTE_UNMAPPED))
+			return 0;
 	}
 }
 
@@ -189,7 +265,7 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 	mirror_invalidate(h, to, to + len, UHMM_EVENT_REMAP, NULL);
 	/* Whatever the table said about the destination described memory
 	 * that is gone (mremap replaced it). */
-	range_reset_entries(h, to, to + len);
+	ptable_walk(&h->pt, to, to + len, reset_dest_one, h);
 	struct remap_arg ra = { h, from, to };
 	ptable_walk(&h->pt, from, from + len, remap_one, &ra);
 	/* MREMAP_DONTUNMAP leaves the old range mapped, empty and still

@@ -199,6 +199,9 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 	return 0;
 }
 
+static int resolve_locked(struct uhmm *h, const struct range_ent *r, uintptr_t page,
+                          _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid);
+
 int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags,
                   uint32_t tid)
 {
@@ -210,6 +213,29 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 	int rc = lock_fault_page(h, e, flags, &v);
 	if (rc)
 		return rc;
+	/* The service thread holds the gate closed itself; a faulting thread
+	 * (SIGBUS mode) enters it and checks that the page is still what it
+	 * looked up: an event may have changed it before the gate closed. */
+	bool entered = gate_enter(h);
+	struct range_ent now;
+	unsigned tok = ebr_enter();
+	bool same = !(atomic_load(e) & PTE_MARKS) && range_lookup_managed(h, page, &now) &&
+	            now.h == r->h;
+	ebr_exit(tok);
+	if (!same) {
+		page_unlock(h, e, v);
+		gate_exit(h, entered);
+		return -EAGAIN; /* the caller looks the address up again */
+	}
+	rc = resolve_locked(h, &now, page, e, v, flags, tid);
+	gate_exit(h, entered);
+	return rc;
+}
+
+static int resolve_locked(struct uhmm *h, const struct range_ent *r, uintptr_t page,
+                          _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid)
+{
+	int rc;
 	switch (pte_state(v)) {
 	case UHMM_STATE_NONE:
 		return fault_none(h, r, page, e, v, flags, tid);

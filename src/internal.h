@@ -96,6 +96,7 @@ int ptable_walk(struct ptable *pt, uintptr_t start, uintptr_t end, ptable_fn fn,
  *   bit  7    REMAP: mremap moved the page while it was BUSY; its new
  *             address's entry is held locked until the unlocker moves it
  *   bit  8    UNMAPPED: with DISCARD, the discard was an unmap
+ *   bit  9    INSTALL: mremap moved a page to this address while it was BUSY
  *   bits 11-63 device page descriptor pointer (state DEVICE*)
  * Invariants: state DEVICE ⇔ dpage != NULL and the dpage holds one
  * reference for the entry; the CPU page is mapped ⇔ state SYSTEM (or
@@ -109,6 +110,10 @@ int ptable_walk(struct ptable *pt, uintptr_t start, uintptr_t end, ptable_fn fn,
 #define PTE_REMAP      (1ULL << 7) /* mremap moved the page while BUSY: the
                                       unlocker moves the entry (remap_finish) */
 #define PTE_UNMAPPED   (1ULL << 8) /* with DISCARD: the page was unmapped, not madvised */
+#define PTE_INSTALL    (1ULL << 9) /* mremap moved another page here while BUSY: the
+                                      holder's value is stale; the unlocker hands
+                                      the entry to the pending move (remap_take) */
+#define PTE_MARKS      (PTE_DISCARD | PTE_REMAP | PTE_UNMAPPED | PTE_INSTALL)
 #define PTE_DPAGE_SHIFT 11
 
 struct uhmm_dpage;
@@ -325,6 +330,8 @@ int uffd_poison(int fd, uintptr_t start, size_t len);
 /* Mark the calling thread as a service thread: userfaultfd calls return
  * -EAGAIN instead of waiting for an unread event. */
 void uffd_set_service_thread(void);
+/* The same for the calling thread while it is in a gate section. */
+void uffd_nowait(bool on);
 /* Wake threads blocked on [start, start+len) (THREAD mode; no-op otherwise). */
 void wake_range(struct uhmm *h, uintptr_t start, size_t len);
 
@@ -391,6 +398,8 @@ struct uhmm {
 	_Atomic bool stopping;
 	_Atomic long waiting;     /* deferred faults in the service thread */
 	_Atomic uint64_t svc_seq; /* odd while the service thread handles a batch */
+	_Atomic unsigned gate;    /* open sections, | GATE_SVC (gate.c) */
+	_Atomic unsigned gate_waiters;
 
 	pthread_mutex_t dev_lock;
 	struct uhmm_device *_Atomic devices[MAX_DEVICES];
@@ -431,6 +440,9 @@ struct mpage {
 void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator);
 /* Move system pages into d (pages[i].old is SYSTEM). */
 void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_device *d);
+/* In a gate section: unlock the pages an event marked since they were
+ * locked; returns how many are kept. */
+size_t mpages_recheck(struct uhmm *h, struct mpage *p, size_t n, size_t *dropped);
 /* Unlock with the computed value, applying a pending DISCARD. */
 void mpage_unlock(struct uhmm *h, struct mpage *p);
 void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval);
@@ -465,6 +477,20 @@ void service_kick(struct uhmm *h);
  * their event; wait until it has handled what it read, so a call that
  * follows them sees their effect.  Cheap when idle (one load). */
 void service_quiesce(struct uhmm *h);
+/* The identity gate (gate.c): see there for the rule.  gate_enter returns
+ * whether it entered; pass that to gate_exit. */
+bool gate_enter(struct uhmm *h);
+void gate_exit(struct uhmm *h, bool entered);
+void gate_close(struct uhmm *h); /* service thread: before reading */
+void gate_open(struct uhmm *h);  /* service thread: batch handled */
+void gate_set_service_thread(void);
+/* Leave the calling thread's section for a while (to wait for the service
+ * thread), and come back: re-check what an event may have changed. */
+unsigned gate_pause(struct uhmm *h);
+void gate_resume(struct uhmm *h, unsigned depth);
+/* Out of a section, after an EAGAIN: wait until the service thread has read
+ * and handled what is queued now. */
+void gate_wait_service(struct uhmm *h);
 int sigbus_install(void);  /* make sure ours is first in line */
 int sigbus_acquire(void);  /* a SIGBUS-mode context starts */
 void sigbus_track_fd(int fd, bool on);
@@ -488,6 +514,7 @@ void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_eve
 void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len);
 /* page_unlock of an entry marked PTE_REMAP: move value to its new address. */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
+void remap_take(struct uhmm *h, _Atomic uint64_t *ne);
 
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);

@@ -38,8 +38,32 @@ static size_t run_len(const struct mpage *p, size_t n, bool slots)
 	struct uhmm_devmem *m = devmem_of(p[0].dp);
 	size_t k = 1;
 	while (k < n && k < BATCH_PAGES && p[k].addr == p[k - 1].addr + PAGE_SIZE &&
-	       devmem_of(p[k].dp) == m && (!slots || p[k].dp == p[k - 1].dp + 1))
+	       devmem_of(p[k].dp) == m && (!slots || p[k].dp == p[k - 1].dp + 1) &&
+	       !(atomic_load(p[k].e) & PTE_MARKS))
 		k++;
+	return k;
+}
+
+/*
+ * In a gate section: keep only the pages no event touched since they were
+ * locked (an event marks a busy entry); the others are unlocked at once,
+ * which applies the marks, and counted in *dropped.  Returns how many
+ * were kept (p is compacted).
+ */
+size_t mpages_recheck(struct uhmm *h, struct mpage *p, size_t n, size_t *dropped)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (atomic_load(p[i].e) & PTE_MARKS) {
+			if (p[i].dp && pte_state(p[i].old) == UHMM_STATE_SYSTEM)
+				dpage_put(p[i].dp); /* allocated for it, never filled */
+			page_unlock(h, p[i].e, p[i].old);
+			if (dropped)
+				(*dropped)++;
+			continue;
+		}
+		p[k++] = p[i];
+	}
 	return k;
 }
 
@@ -218,9 +242,15 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	if (slot >= 0)
 		staging_put(h, buf, slot);
 	stat_add(h, ST_COPY_CALLS, 1);
+	/* The discard waits for the service thread: out of the gate.  A page
+	 * mremap moved or munmap took meanwhile was not discarded here (its
+	 * CPU copy lives on, write-protected, at its new address, or is
+	 * gone): that page stays in system memory. */
+	unsigned depth = gate_pause(h);
 	self_discard(h, a, len);
+	gate_resume(h, depth);
 	for (size_t i = 0; i < k; i++)
-		p[i].err = 0;
+		p[i].err = (atomic_load(p[i].e) & (PTE_REMAP | PTE_UNMAPPED)) ? -ENOENT : 0;
 	stat_add(h, ST_FALLBACK, k);
 	return;
 undo:
@@ -251,6 +281,15 @@ static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		/* p[i] failed: ENOENT = discarded or moved by mremap meanwhile
 		 * (skipped: the event that did it updates its state); EBUSY =
 		 * shared with a child after fork: copy it instead. */
+		/* EAGAIN: the mm is changing (gate.c), and the caller retries
+		 * once its event is handled; or the kernel could not take this
+		 * page (a large folio it failed to split): copy it instead.  A
+		 * call that only checks the mm tells which. */
+		if (r == -EAGAIN && (!h->use_wp || uffd_wp(h->uffd, p[i].addr, PAGE_SIZE, false) == -EAGAIN)) {
+			for (; i < k; i++)
+				p[i].err = -EAGAIN;
+			break;
+		}
 		if (r == -ENOENT)
 			p[i].err = -ENOENT;
 		else
@@ -266,6 +305,11 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 	(void)d;
 	mirror_invalidate(h, p[0].addr, p[n - 1].addr + PAGE_SIZE, UHMM_EVENT_MIGRATE, NULL);
 	for (size_t i = 0; i < n;) {
+		if (atomic_load(p[i].e) & PTE_MARKS) {
+			/* An event touched it while a copy run was out of the gate. */
+			p[i++].err = -ENOENT;
+			continue;
+		}
 		size_t k = run_len(p + i, n - i, true);
 		run_to_device(h, p + i, k);
 		i += k;
@@ -349,27 +393,39 @@ struct home_arg {
 static void home_flush(struct home_arg *ha)
 {
 	struct mpage p[BATCH_PAGES];
-	size_t k = 0;
 	struct uhmm *h = ha->h;
-	for (size_t i = 0; i < ha->n; i++) {
-		_Atomic uint64_t *e = ptable_entry(&h->pt, ha->addrs[i], false);
-		uint64_t v = pte_lock(e);
-		if (pte_state(v) != UHMM_STATE_DEVICE ||
-		    (ha->only && devmem_of(pte_dpage(v))->dev != ha->only)) {
-			page_unlock(h, e, v);
-			continue;
+	/* Pages the kernel refused while the mm was changing are tried again
+	 * once that event is handled (never reported as failed for it). */
+	while (ha->n) {
+		size_t k = 0;
+		for (size_t i = 0; i < ha->n; i++) {
+			_Atomic uint64_t *e = ptable_entry(&h->pt, ha->addrs[i], false);
+			uint64_t v = pte_lock(e);
+			if (pte_state(v) != UHMM_STATE_DEVICE ||
+			    (ha->only && devmem_of(pte_dpage(v))->dev != ha->only)) {
+				page_unlock(h, e, v);
+				continue;
+			}
+			p[k++] = (struct mpage){ .addr = ha->addrs[i], .e = e, .old = v };
 		}
-		p[k++] = (struct mpage){ .addr = ha->addrs[i], .e = e, .old = v };
+		bool entered = gate_enter(h);
+		k = mpages_recheck(h, p, k, NULL);
+		migrate_to_system(h, p, k, NULL);
+		gate_exit(h, entered);
+		size_t again = 0;
+		for (size_t i = 0; i < k; i++) {
+			if (p[i].err == -EAGAIN)
+				ha->addrs[again++] = p[i].addr;
+			else if (p[i].err)
+				ha->failed++;
+			mpage_unlock(h, &p[i]);
+		}
+		if (k)
+			wake_range(h, p[0].addr, p[k - 1].addr + PAGE_SIZE - p[0].addr);
+		ha->n = again;
+		if (again)
+			gate_wait_service(h);
 	}
-	migrate_to_system(h, p, k, NULL);
-	for (size_t i = 0; i < k; i++) {
-		if (p[i].err)
-			ha->failed++;
-		mpage_unlock(h, &p[i]);
-	}
-	if (k)
-		wake_range(h, p[0].addr, p[k - 1].addr + PAGE_SIZE - p[0].addr);
-	ha->n = 0;
 }
 
 static int home_visit(uintptr_t addr, _Atomic uint64_t *e, void *arg)
@@ -428,7 +484,13 @@ int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp)
 		return -EAGAIN;
 	}
 	struct mpage p = { .addr = va, .e = e, .old = v };
+	bool entered = gate_enter(h);
+	if (mpages_recheck(h, &p, 1, NULL) == 0) {
+		gate_exit(h, entered);
+		return -EAGAIN; /* an event changed it: look again */
+	}
 	migrate_to_system(h, &p, 1, NULL);
+	gate_exit(h, entered);
 	mpage_unlock(h, &p);
 	wake_range(h, va, PAGE_SIZE);
 	return p.err;
@@ -476,6 +538,103 @@ static int coherent_range_home(struct uhmm *h, uintptr_t a, uintptr_t end)
 	return rc;
 }
 
+/*
+ * One window [b, *be) of uhmm_migrate (at most a batch, clipped to its
+ * range).  Returns true if the kernel refused a call because the mm was
+ * changing: the caller does the window again (pages already where they
+ * should be count as migrated then).
+ */
+static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct uhmm_device *to,
+                           struct mpage *p, struct uhmm_dpage **dps, size_t *migrated,
+                           size_t *skipped)
+{
+	uintptr_t be = *bep;
+	struct range_ent re;
+	unsigned tok = ebr_enter();
+	bool found = range_lookup(b, &re);
+	ebr_exit(tok);
+	if (found && re.persist) {
+		/* Persistent memory never moves. */
+		*bep = MIN(be, re.end);
+		*skipped += (*bep - b) / PAGE_SIZE;
+		return false;
+	}
+	if (found)
+		*bep = be = MIN(be, re.end);
+	if (to && !range_covered(h, b, be, false)) {
+		/* Being removed: takes no new device pages. */
+		*skipped += (be - b) / PAGE_SIZE;
+		return false;
+	}
+	size_t n = 0;
+	for (uintptr_t pa = b; pa < be; pa += PAGE_SIZE) {
+		_Atomic uint64_t *e = ptable_entry(&h->pt, pa, false);
+		if (!e || atomic_load(e) == 0) {
+			/* Never populated: nothing to move either way. */
+			if (to)
+				(*skipped)++;
+			else
+				(*migrated)++;
+			continue;
+		}
+		uint64_t v = pte_lock(e);
+		unsigned st = pte_state(v);
+		bool want = to ? st == UHMM_STATE_SYSTEM : st == UHMM_STATE_DEVICE;
+		if (want) {
+			p[n++] = (struct mpage){ .addr = pa, .e = e, .old = v };
+			continue;
+		}
+		if (to ? (st == UHMM_STATE_DEVICE && devmem_of(pte_dpage(v))->dev == to)
+		       : (st == UHMM_STATE_SYSTEM || st == UHMM_STATE_NONE))
+			(*migrated)++;
+		else
+			(*skipped)++;
+		page_unlock(h, e, v);
+	}
+	if (to) {
+		/* Allocation may empty dirty pool slots (madvise): before the gate. */
+		size_t got = devmem_alloc(to, n, dps);
+		for (size_t i = got; i < n; i++) {
+			page_unlock(h, p[i].e, p[i].old);
+			(*skipped)++;
+		}
+		n = got;
+		for (size_t i = 0; i < n; i++)
+			p[i].dp = dps[i];
+	}
+	bool entered = gate_enter(h);
+	/* The memory checked above may have been unmapped or moved (and the
+	 * addresses reused) before the gate closed: check again. */
+	if (n && !(to ? range_covered(h, b, be, false) : range_covered(h, b, be, true))) {
+		for (size_t i = 0; i < n; i++) {
+			if (to)
+				dpage_put(p[i].dp);
+			page_unlock(h, p[i].e, p[i].old);
+		}
+		*skipped += n;
+		n = 0;
+	}
+	n = mpages_recheck(h, p, n, skipped);
+	if (to)
+		migrate_to_device(h, p, n, to);
+	else
+		migrate_to_system(h, p, n, NULL);
+	gate_exit(h, entered);
+	bool again = false;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i].err == -EAGAIN)
+			again = true;
+		else if (p[i].err)
+			(*skipped)++;
+		else
+			(*migrated)++;
+		mpage_unlock(h, &p[i]);
+	}
+	if (!to && n)
+		wake_range(h, b, be - b);
+	return again;
+}
+
 /* ---- the public call ---- */
 
 UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
@@ -515,70 +674,17 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 		coherent_range_home(h, a, end);
 	for (uintptr_t b = a, be; b < end; b = be) {
 		be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
-		struct range_ent re;
-		unsigned tok = ebr_enter();
-		bool found = range_lookup(b, &re);
-		ebr_exit(tok);
-		if (found && re.persist) {
-			/* Persistent memory never moves. */
-			be = MIN(end, re.end);
-			skipped += (be - b) / PAGE_SIZE;
-			continue;
+		size_t mig, skip;
+		/* A window the mm was changing under (its event unread) is done
+		 * again once that event is handled. */
+		for (;;) {
+			mig = skip = 0;
+			if (!migrate_window(h, b, &be, to, p, dps, &mig, &skip))
+				break;
+			gate_wait_service(h);
 		}
-		if (found)
-			be = MIN(be, re.end);
-		if (to && !range_covered(h, b, be, false)) {
-			/* Being removed: takes no new device pages. */
-			skipped += (be - b) / PAGE_SIZE;
-			continue;
-		}
-		size_t n = 0;
-		for (uintptr_t pa = b; pa < be; pa += PAGE_SIZE) {
-			_Atomic uint64_t *e = ptable_entry(&h->pt, pa, false);
-			if (!e || atomic_load(e) == 0) {
-				/* Never populated: nothing to move either way. */
-				if (to)
-					skipped++;
-				else
-					migrated++;
-				continue;
-			}
-			uint64_t v = pte_lock(e);
-			unsigned st = pte_state(v);
-			bool want = to ? st == UHMM_STATE_SYSTEM : st == UHMM_STATE_DEVICE;
-			if (want) {
-				p[n++] = (struct mpage){ .addr = pa, .e = e, .old = v };
-				continue;
-			}
-			if (to ? (st == UHMM_STATE_DEVICE && devmem_of(pte_dpage(v))->dev == to)
-			       : (st == UHMM_STATE_SYSTEM || st == UHMM_STATE_NONE))
-				migrated++;
-			else
-				skipped++;
-			page_unlock(h, e, v);
-		}
-		if (to) {
-			size_t got = devmem_alloc(to, n, dps);
-			for (size_t i = got; i < n; i++) {
-				page_unlock(h, p[i].e, p[i].old);
-				skipped++;
-			}
-			n = got;
-			for (size_t i = 0; i < n; i++)
-				p[i].dp = dps[i];
-			migrate_to_device(h, p, n, to);
-		} else {
-			migrate_to_system(h, p, n, NULL);
-		}
-		for (size_t i = 0; i < n; i++) {
-			if (p[i].err)
-				skipped++;
-			else
-				migrated++;
-			mpage_unlock(h, &p[i]);
-		}
-		if (!to && n)
-			wake_range(h, b, be - b);
+		migrated += mig;
+		skipped += skip;
 	}
 done:
 	stat_add(h, ST_SKIPPED, skipped);

@@ -111,18 +111,33 @@ static int fault_none_run(struct rf *f, uintptr_t a, size_t n, size_t *done)
 			break;
 		}
 	}
+	bool entered = gate_enter(h);
+	/* An event may have changed the memory before the gate closed. */
+	for (size_t i = 0; i < k; i++) {
+		if (atomic_load(ents[i]) & PTE_MARKS) {
+			for (size_t j = i; j < k; j++)
+				page_unlock(h, ents[j], 0);
+			k = i;
+			break;
+		}
+	}
 	*done = k;
-	if (!k)
+	if (!k) {
+		gate_exit(h, entered);
 		return 0; /* state changed under us: the caller looks again */
+	}
 	bool write = f->flags & UHMM_RANGE_WRITE;
 	size_t mapped;
 	int r = populate_zero(h, a, k, write, &mapped);
+	gate_exit(h, entered);
 	uint64_t nv = UHMM_STATE_SYSTEM | (write ? 0 : PTE_ZERO);
 	for (size_t i = 0; i < k; i++)
 		page_unlock(h, ents[i], i < mapped ? nv : 0);
 	wake_range(h, a, k * PAGE_SIZE);
 	f->did = true;
-	return r ? -EFAULT : 0;
+	/* EAGAIN: the mm is changing; once its event is handled the caller,
+	 * looking at these pages again, finds what became of them. */
+	return r && r != -EAGAIN ? -EFAULT : 0;
 }
 
 /* Bring a page held by another device home (one page; runs are rare). */
@@ -138,11 +153,17 @@ static int fault_remote(struct rf *f, uintptr_t a)
 		return 0;
 	}
 	struct mpage p = { .addr = a, .e = e, .old = v };
+	bool entered = gate_enter(h);
+	if (!mpages_recheck(h, &p, 1, NULL)) {
+		gate_exit(h, entered);
+		return 0; /* an event changed it: the caller looks again */
+	}
 	migrate_to_system(h, &p, 1, f->m->dev);
+	gate_exit(h, entered);
 	mpage_unlock(h, &p);
 	wake_range(h, a, PAGE_SIZE);
 	f->did = true;
-	return p.err ? -EFAULT : 0;
+	return p.err && p.err != -EAGAIN ? -EFAULT : 0;
 }
 
 UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t npages, unsigned flags,

@@ -159,7 +159,7 @@ bool pte_trylock(_Atomic uint64_t *e, uint64_t *old)
 	uint64_t v = atomic_load(e);
 	while (!(v & PTE_BUSY)) {
 		if (atomic_compare_exchange_weak(e, &v, v | PTE_BUSY)) {
-			*old = v & ~(PTE_WAITERS | PTE_DISCARD | PTE_UNMAPPED | PTE_REMAP);
+			*old = v & ~(PTE_WAITERS | PTE_MARKS);
 			return true;
 		}
 	}
@@ -172,7 +172,7 @@ uint64_t pte_lock(_Atomic uint64_t *e)
 	for (;;) {
 		if (!(v & PTE_BUSY)) {
 			if (atomic_compare_exchange_weak(e, &v, v | PTE_BUSY))
-				return v & ~(PTE_WAITERS | PTE_DISCARD | PTE_UNMAPPED | PTE_REMAP);
+				return v & ~(PTE_WAITERS | PTE_MARKS);
 			continue;
 		}
 		if (!(v & PTE_WAITERS)) {
@@ -199,7 +199,17 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 {
 	uint64_t v = atomic_load(e), nv;
 	struct uhmm_dpage *drop = NULL;
-	newval &= ~(PTE_BUSY | PTE_WAITERS | PTE_DISCARD | PTE_REMAP | PTE_UNMAPPED);
+	newval &= ~(PTE_BUSY | PTE_WAITERS | PTE_MARKS);
+	if (v & PTE_INSTALL) {
+		/* mremap put other memory at this address while we held it:
+		 * our value described what was here before (gone), and the
+		 * entry stays locked for the pending move (remap_take). */
+		if (pte_state(newval) == UHMM_STATE_DEVICE ||
+		    pte_state(newval) == UHMM_STATE_DEVICE_COHERENT)
+			dpage_put(pte_dpage(newval));
+		remap_take(h, e);
+		return;
+	}
 	if (v & PTE_REMAP) {
 		/* mremap moved this page while we held it: the value belongs
 		 * at the new address (whose entry was kept locked for it). */

@@ -384,7 +384,10 @@ static bool vma_registered(uintptr_t addr)
  */
 static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end, bool fresh)
 {
-	int r = registry_insert(h, start, end, false);
+	/* Inserted dying: no migration to a device may take its pages until
+	 * the entries are reset and the range registered (manage). */
+	struct range_ent ent = { .start = start, .end = end, .h = h, .dying = true };
+	int r = registry_insert_ent(ent);
 	for (int i = 0; r == -EEXIST && i < 20000; i++) {
 		struct range_ent c;
 		if (find_conflict(start, end, &c)) {
@@ -394,7 +397,7 @@ static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end,
 				return -EEXIST; /* really managed */
 			sched_yield();
 		}
-		r = registry_insert(h, start, end, false);
+		r = registry_insert_ent(ent);
 	}
 	return r;
 }
@@ -423,6 +426,7 @@ static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 	}
 	if (h->mode == UHMM_FAULT_SIGBUS)
 		sigbus_install();
+	range_set_dying(h, a, a + len, false);
 	return 0;
 }
 

@@ -228,7 +228,11 @@ static void *service_main(void *arg)
 	uint64_t spin_ns = (uint64_t)h->spin_us * 1000, last = now_ns();
 	bool spin = h->mode == UHMM_FAULT_THREAD && h->spin_us > 1;
 
+	gate_set_service_thread();
 	for (;;) {
+		/* No migration is between its checks and its kernel calls while
+		 * we read and handle (gate.c). */
+		gate_close(h);
 		/* Odd while a batch is read and handled: reading an event lets
 		 * the thread that caused it go on before we handled it. */
 		atomic_fetch_add(&h->svc_seq, 1);
@@ -241,15 +245,19 @@ static void *service_main(void *arg)
 			atomic_fetch_add(&h->svc_seq, 1);
 			if (s.n)
 				retry_deferred(&s, false);
+			gate_open(h);
 			last = now_ns();
 			continue;
 		}
 		atomic_fetch_sub(&g_svc_busy, 1);
 		atomic_fetch_add(&h->svc_seq, 1);
-		if (n < 0 && errno != EAGAIN && errno != EINTR)
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			gate_open(h);
 			break;
+		}
 		if (s.n)
 			retry_deferred(&s, true);
+		gate_open(h);
 		if (atomic_load(&h->stopping) && s.n == 0)
 			break;
 		if (spin && now_ns() - last < spin_ns) {

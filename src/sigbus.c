@@ -120,10 +120,21 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 			rc = uffd_zeropage(r.h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done);
 			rc = rc == -EEXIST ? 0 : rc;
 		} else {
-			int tries = 0;
-			do
+			for (int tries = 0;; tries++) {
 				rc = fault_resolve(r.h, &r, addr, is_write(uc) ? FAULT_WRITE : 0, 0);
-			while (rc == -EAGAIN && ++tries < 1000000);
+				if (rc != -EAGAIN || tries == 100000)
+					break;
+				/* The mm is changing, or an event changed the page
+				 * before we could check it: once the service thread
+				 * has handled what is queued, look again.  Memory
+				 * that is no longer managed is retried as it is now
+				 * (the access faults afresh, or SIGSEGV). */
+				gate_wait_service(r.h);
+				if (!range_lookup(addr, &r) || r.h->mode != UHMM_FAULT_SIGBUS) {
+					rc = 0;
+					break;
+				}
+			}
 		}
 	}
 	ebr_exit(tok);

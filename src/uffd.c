@@ -131,10 +131,18 @@ int uffd_unregister(int fd, uintptr_t start, size_t len)
 /* Set on the service thread: EAGAIN means an event is waiting to be read,
  * and only this thread reads events, so it must not wait for it. */
 static __thread bool tls_no_wait __attribute__((tls_model("initial-exec")));
+static __thread bool tls_service __attribute__((tls_model("initial-exec")));
 
 void uffd_set_service_thread(void)
 {
+	tls_service = true;
 	tls_no_wait = true;
+}
+
+void uffd_nowait(bool on)
+{
+	if (!tls_service)
+		tls_no_wait = on;
 }
 
 #define UFFD_LOOP(call, field)                                                        \
@@ -147,7 +155,9 @@ void uffd_set_service_thread(void)
 		r = call;                                                             \
 		if (got > 0)                                                          \
 			off += (size_t)got;                                           \
-		if (r == -EAGAIN && !tls_no_wait)                                     \
+		/* EAGAIN: stopped short (progress made), or the mm is changing \
+		 * (no progress; only the event's reader can end that). */  \
+		if (r == -EAGAIN && (!tls_no_wait || got > 0))                        \
 			continue;                                                     \
 		if (r == -EAGAIN)                                                     \
 			break;                                                        \

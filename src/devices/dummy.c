@@ -21,6 +21,8 @@
  */
 #include "../internal.h"
 
+#include <sched.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -173,6 +175,20 @@ static int check_prot(struct prot_cache *pc, bool *have, uintptr_t a, size_t npa
 	return 0;
 }
 
+static void make_present(struct uhmm *h, uintptr_t va, bool write)
+{
+	struct range_ent r;
+	unsigned tok = ebr_enter();
+	if (range_lookup_managed(h, va, &r))
+		for (int t = 0; t < 1000; t++) {
+			int rc = fault_resolve(h, &r, va, write ? FAULT_WRITE : 0, 0);
+			if (rc != -EAGAIN)
+				break;
+			sched_yield();
+		}
+	ebr_exit(tok);
+}
+
 static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t npages, bool write,
                         struct uhmm_dummy_counters *c)
 {
@@ -247,6 +263,13 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 				break;
 			}
 			last_fail = fva; /* a second failure in a row of unmanaged memory is final */
+			/* A managed page the table calls present can be missing:
+			 * madvise zaps after its event was handled (and in SIGBUS
+			 * mode the kernel's own access does not fault it in).
+			 * Resolve it as a CPU fault would, out of our lock. */
+			pthread_mutex_unlock(&dm->lock);
+			make_present(d->h, fva, write);
+			pthread_mutex_lock(&dm->lock);
 		}
 	}
 	pthread_mutex_unlock(&dm->lock);
