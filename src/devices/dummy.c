@@ -35,6 +35,7 @@
 #define DPTE_LOCAL   (1ULL << 2)
 #define DPTE_UNMANAGED (1ULL << 3)
 #define DPTE_EXCLUSIVE (1ULL << 4) /* atomic access granted; any invalidation revokes it */
+#define DPTE_GEN_SHIFT 11          /* system entries: when installed (bits 11-63) */
 
 struct dummy {
 	struct uhmm_device *dev;
@@ -42,6 +43,7 @@ struct dummy {
 	pthread_mutex_t lock;
 	struct ptable pt;
 	_Atomic uint64_t cpages, faults;
+	_Atomic uint64_t gen; /* generation of system entries (see dummy_access) */
 };
 
 static struct dummy *dummy_of(struct uhmm_device *d)
@@ -94,6 +96,7 @@ static int dummy_fault(struct dummy *dm, uintptr_t a, size_t n, bool write)
 			}
 			break;
 		}
+		uint64_t gen = atomic_fetch_add(&dm->gen, 1) + 1;
 		for (size_t i = 0; i < k; i++) {
 			_Atomic uint64_t *e = ptable_entry(&dm->pt, ca + i * PAGE_SIZE, true);
 			if (!e) {
@@ -106,7 +109,7 @@ static int dummy_fault(struct dummy *dm, uintptr_t a, size_t n, bool write)
 				struct uhmm_dpage *dp = &ent[i].mem->pages[ent[i].index];
 				v = pte_make(0, dp, DPTE_VALID | DPTE_LOCAL);
 			} else if (f & UHMM_ENTRY_VALID) {
-				v = DPTE_VALID;
+				v = DPTE_VALID | (gen << DPTE_GEN_SHIFT);
 				struct range_ent r;
 				unsigned tok = ebr_enter();
 				if (!range_lookup_managed(dm->dev->h, ca + i * PAGE_SIZE, &r))
@@ -236,19 +239,40 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 			continue;
 		}
 		/* A run of mapped system (or unmanaged) pages: one call. */
+		uint64_t seen[CHUNK];
 		size_t j = i + 1;
-		while (j < npages) {
+		seen[0] = v;
+		while (j < npages && j - i < CHUNK) {
 			_Atomic uint64_t *ne = ptable_entry(&dm->pt, a + j * PAGE_SIZE, false);
 			uint64_t nv = ne ? atomic_load(ne) : 0;
 			if ((nv & need) != need || (nv & DPTE_LOCAL))
 				break;
+			seen[j - i] = nv;
 			j++;
 		}
 		pthread_mutex_unlock(&dm->lock);
 		size_t done = access_system(va, buf + i * PAGE_SIZE, (j - i) * PAGE_SIZE, write);
 		pthread_mutex_lock(&dm->lock);
-		copied += done / PAGE_SIZE;
-		i += done / PAGE_SIZE;
+		/* Like DMA through the CPU's page tables: a migration that
+		 * invalidated these pages meanwhile may have copied a page
+		 * before our access reached it (a pinned page is copied, not
+		 * moved).  Pages whose entries it zapped (even if another
+		 * fault installed them again: the generation tells) are done
+		 * again. */
+		size_t ok = done / PAGE_SIZE;
+		bool zapped = false;
+		for (size_t t = 0; t < ok && !zapped; t++) {
+			_Atomic uint64_t *te = ptable_entry(&dm->pt, va + t * PAGE_SIZE, false);
+			uint64_t tv = te ? atomic_load(te) : 0;
+			if (tv != seen[t]) {
+				ok = t;
+				zapped = true;
+			}
+		}
+		copied += ok;
+		i += ok;
+		if (zapped)
+			continue; /* its entry is gone: fault it again */
 		if (i < j) {
 			/* The page went away or lost access meanwhile: fault it
 			 * again.  Unmanaged memory (past the end of a file, say)

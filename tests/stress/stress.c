@@ -811,6 +811,37 @@ static void final_check(struct worker *w)
 /* A hang is a failure too: report where every thread is and exit 3. */
 static unsigned opt_watchdog = 60;
 
+/* On a hang: where every thread is, from /proc (a debugger would block on
+ * managed memory): its comm, syscall line (number, arguments, sp, pc) and
+ * kernel stack, and the mapping of libuhmm to symbolise the pc with. */
+static void dump_threads(void)
+{
+	char path[128], buf[4096];
+	snprintf(path, sizeof(path), "ls /proc/%d/task", (int)getpid());
+	FILE *d = popen(path, "r");
+	if (!d)
+		return;
+	int tid;
+	while (fscanf(d, "%d", &tid) == 1) {
+		const char *parts[] = { "comm", "syscall", "stack" };
+		fprintf(stderr, "uhmm-stress: task %d\n", tid);
+		for (int i = 0; i < 3; i++) {
+			snprintf(path, sizeof(path), "/proc/%d/task/%d/%s", (int)getpid(), tid, parts[i]);
+			FILE *f = fopen(path, "r");
+			if (!f)
+				continue;
+			size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+			buf[n] = 0;
+			fclose(f);
+			fprintf(stderr, "  %s: %s", parts[i], buf);
+		}
+	}
+	pclose(d);
+	snprintf(path, sizeof(path), "grep -E 'libuhmm|uhmm-stress' /proc/%d/maps >&2", (int)getpid());
+	if (system(path))
+		(void)0;
+}
+
 static void *watchdog_main(void *arg)
 {
 	(void)arg;
@@ -832,6 +863,7 @@ static void *watchdog_main(void *arg)
 			fprintf(stderr, "uhmm-stress:   thread %u at op %lu (%s)\n", t, W[t].op,
 			        W[t].opname ? W[t].opname : "?");
 		fflush(stderr);
+		dump_threads();
 		_exit(3);
 	}
 	return NULL;
