@@ -112,6 +112,7 @@ struct remap_pending {
 	uintptr_t to_addr;
 	uint64_t value, to_old;
 	bool have_value, have_to;
+	bool discarded; /* the old entry was marked DISCARD before the move */
 	struct remap_pending *next;
 };
 
@@ -156,6 +157,12 @@ void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 	pthread_mutex_lock(&h->remap_lock);
 	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
 		if (rp->from == e && !rp->have_value) {
+			unsigned st = pte_state(value);
+			if (rp->discarded && (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)) {
+				/* Discarded before it moved: as page_unlock would. */
+				dpage_put(pte_dpage(value));
+				value = UHMM_STATE_NONE;
+			}
 			rp->value = value;
 			rp->have_value = true;
 			done = remap_ready(h, rp);
@@ -232,7 +239,16 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 			remap_finish(h, e, v);
 			break;
 		}
-		if ((cur & PTE_BUSY) && atomic_compare_exchange_weak(e, &cur, cur | PTE_REMAP))
+		if (!(cur & PTE_BUSY))
+			continue;
+		/* Marks already there are about this page (they travel with the
+		 * record); marks set later are about what is mapped here next. */
+		pthread_mutex_lock(&h->remap_lock);
+		bool ok = atomic_compare_exchange_weak(e, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_REMAP);
+		if (ok)
+			rp->discarded = cur & PTE_DISCARD;
+		pthread_mutex_unlock(&h->remap_lock);
+		if (ok)
 			break;
 	}
 	return 0;

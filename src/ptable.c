@@ -212,13 +212,8 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 	}
 	if (v & PTE_REMAP) {
 		/* mremap moved this page while we held it: the value belongs
-		 * at the new address (whose entry was kept locked for it). */
-		if (v & PTE_DISCARD) {
-			if (pte_state(newval) == UHMM_STATE_DEVICE ||
-			    pte_state(newval) == UHMM_STATE_DEVICE_COHERENT)
-				dpage_put(pte_dpage(newval));
-			newval = UHMM_STATE_NONE;
-		}
+		 * at the new address (the record applies a discard that came
+		 * before the move; marks after it are about this address). */
 		remap_finish(h, e, newval);
 		newval = UHMM_STATE_NONE;
 		v = atomic_load(e);

@@ -268,8 +268,21 @@ static void check_states(struct worker *w, struct region *r, size_t first, size_
 	struct uhmm_page_info inf[64];
 	n = n > 64 ? 64 : n;
 	int rc = uhmm_query(H, r->base + first * PS, n, inf);
-	if (rc)
+	if (rc) {
+		/* Which pages: one by one, and the mappings there. */
+		for (size_t i = 0; i < n; i++) {
+			struct uhmm_page_info one;
+			int r1 = uhmm_query(H, r->base + (first + i) * PS, 1, &one);
+			fprintf(stderr, "uhmm-stress:   page %zu (%p): query %d managed-in-model %d\n",
+			        first + i, (void *)(r->base + (first + i) * PS), r1, r->managed[first + i]);
+		}
+		char cmd[160];
+		snprintf(cmd, sizeof(cmd), "grep -i '^%lx\\|^%.8lx' /proc/%d/maps >&2",
+		         (unsigned long)(uintptr_t)r->base, (unsigned long)(uintptr_t)r->base >> 16, (int)getpid());
+		if (system(cmd))
+			(void)0;
 		fail(w, r->base + first * PS, "uhmm_query(%zu managed pages) = %d", n, rc);
+	}
 	for (size_t i = 0; i < n; i++) {
 		const unsigned char *exp = r->shadow + (first + i) * PS;
 		bool zero = exp[0] == 0 && memcmp(exp, exp + 1, PS - 1) == 0;
