@@ -287,21 +287,15 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 	/* MREMAP_DONTUNMAP leaves the old range mapped, empty and still
 	 * registered with our userfaultfd; otherwise the addresses may already
 	 * hold someone else's new mapping.  Removing write protection succeeds
-	 * only on a range registered (for WP) with this userfaultfd. */
+	 * only on a range registered (for WP) with this userfaultfd.  It fails
+	 * with EAGAIN while another event is queued (only this thread can read
+	 * it): then the mapping's flags say whether it is registered (no one
+	 * else can register it while the registry still holds it). */
 	bool still;
-	int r = -EAGAIN;
-	/* EAGAIN until the mremap caller, woken by our read of the event,
-	 * clears the kernel's "mm changing" flag (or another event is queued). */
-	for (int i = 0; h->use_wp && r == -EAGAIN && i < 10000; i++) {
-		r = uffd_wp(h->uffd, from, len, false);
-		if (r == -EAGAIN)
-			sched_yield();
-	}
-	if (r != -EAGAIN && h->use_wp) {
+	int r = h->use_wp ? uffd_wp(h->uffd, from, len, false) : -EAGAIN;
+	if (r != -EAGAIN)
 		still = r == 0;
-	} else {
-		struct vma_info v;
-		still = maps_query(from, from + len, &v, 1) > 0;
-	}
+	else
+		still = vma_registered(from);
 	range_move(h, from, to, len, still);
 }

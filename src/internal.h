@@ -271,6 +271,8 @@ void range_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
 void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool keep_old);
 /* Copy out h's intervals (malloc'ed array); returns count or -ENOMEM. */
 long range_list(struct uhmm *h, struct range_ent **out);
+/* Is the mapping at addr registered with a userfaultfd (smaps VmFlags)? */
+bool vma_registered(uintptr_t addr);
 int range_remove_locked_all(struct uhmm *h);
 int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* Forget what the table says about [start, end) (device pages freed). */

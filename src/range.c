@@ -9,6 +9,8 @@
  */
 #include "internal.h"
 
+#include <time.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -353,7 +355,7 @@ static bool find_conflict(uintptr_t start, uintptr_t end, struct range_ent *out)
  * protection succeeds only there); a stale one is waited out (bounded).
  */
 /* Is the VMA at addr registered with some userfaultfd ("um" in smaps)? */
-static bool vma_registered(uintptr_t addr)
+bool vma_registered(uintptr_t addr)
 {
 	FILE *f = fopen("/proc/self/smaps", "re");
 	if (!f)
@@ -388,14 +390,19 @@ static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end,
 	 * the entries are reset and the range registered (manage). */
 	struct range_ent ent = { .start = start, .end = end, .h = h, .dying = true };
 	int r = registry_insert_ent(ent);
-	for (int i = 0; r == -EEXIST && i < 20000; i++) {
+	/* The UNMAP event is handled soon by the service thread of the
+	 * context that managed it; bounded at about 5 s (then -EEXIST). */
+	for (int i = 0; r == -EEXIST && i < 50000; i++) {
 		struct range_ent c;
 		if (find_conflict(start, end, &c)) {
 			if (c.pool || c.persist)
 				return -EEXIST;
 			if (!fresh && i == 0 && vma_registered(MAX(start, c.start)))
 				return -EEXIST; /* really managed */
-			sched_yield();
+			if (i < 1000)
+				sched_yield();
+			else
+				nanosleep(&(struct timespec){ 0, 100000 }, NULL);
 		}
 		r = registry_insert_ent(ent);
 	}
@@ -404,6 +411,15 @@ static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end,
 
 static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 {
+	/* The memory that was here before may have been unmapped with its
+	 * UNMAP event still queued, or read and not yet handled: handled
+	 * after we register, it would forget this range and drop its pages
+	 * (the event can cover more than the registry held there).  A
+	 * write-protect call fails with EAGAIN (and is retried) while an
+	 * event is queued; then wait for the batch in hand. */
+	if (h->use_wp)
+		uffd_wp(h->uffd, a, len, false);
+	service_quiesce(h);
 	int r = registry_insert_fresh(h, a, a + len, !adopt);
 	if (r)
 		return r;
