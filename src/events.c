@@ -173,6 +173,21 @@ void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 	remap_complete(h, done);
 }
 
+/* Where a pending move of the (busy) entry e goes; false if none. */
+bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
+{
+	bool found = false;
+	pthread_mutex_lock(&h->remap_lock);
+	for (struct remap_pending *rp = h->remaps; rp && !found; rp = rp->next) {
+		if (rp->from == e && !rp->have_value) {
+			*to = rp->to_addr;
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&h->remap_lock);
+	return found;
+}
+
 /* The new entry's holder gave it up (PTE_INSTALL): it is ours, locked. */
 void remap_take(struct uhmm *h, _Atomic uint64_t *ne)
 {
@@ -298,4 +313,29 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 	else
 		still = vma_registered(from);
 	range_move(h, from, to, len, still);
+}
+
+/*
+ * munmap: forget the range and drop its pages.  The kernel queues the
+ * UNMAP event after the unmap and after releasing its lock, so an mremap
+ * into the freed addresses can queue its REMAP first: handled in queue
+ * order, this UNMAP would then drop the moved range.  Parts of the range
+ * that are mapped and registered now belong to such a newer mapping (no
+ * registration by uhmm overtakes a queued event: manage waits for them)
+ * and are left alone.
+ */
+void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	struct vma_info live[16];
+	int n = range_touches(h, start, end) ? vmas_registered(start, end, live, 16) : 0;
+	uintptr_t at = start;
+	for (int i = 0; i <= (n > 0 ? n : 0); i++) {
+		uintptr_t stop = i < n ? live[i].start : end;
+		if (stop > at) {
+			discard_range(h, at, stop, UHMM_EVENT_UNMAP);
+			range_forget(h, at, stop);
+		}
+		if (i < n)
+			at = MAX(at, live[i].end);
+	}
 }

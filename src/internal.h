@@ -273,6 +273,9 @@ void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool k
 long range_list(struct uhmm *h, struct range_ent **out);
 /* Is the mapping at addr registered with a userfaultfd (smaps VmFlags)? */
 bool vma_registered(uintptr_t addr);
+/* The parts of [start, end) mapped by userfaultfd-registered VMAs (up to max). */
+struct vma_info;
+int vmas_registered(uintptr_t start, uintptr_t end, struct vma_info *out, int max);
 int range_remove_locked_all(struct uhmm *h);
 int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* Forget what the table says about [start, end) (device pages freed). */
@@ -285,6 +288,8 @@ static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct r
 }
 /* Like range_covered, also accepting persistent mappings of h's devices. */
 bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end);
+/* Does any range of h overlap [start, end)? */
+bool range_touches(struct uhmm *h, uintptr_t start, uintptr_t end);
 int persist_register(struct uhmm_devmem *m, uintptr_t start, uintptr_t end);
 void persist_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
 void persist_forget_mem(struct uhmm_devmem *m);
@@ -517,6 +522,8 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len);
 /* page_unlock of an entry marked PTE_REMAP: move value to its new address. */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
 void remap_take(struct uhmm *h, _Atomic uint64_t *ne);
+void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
+bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);

@@ -249,8 +249,19 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	unsigned depth = gate_pause(h);
 	self_discard(h, a, len);
 	gate_resume(h, depth);
-	for (size_t i = 0; i < k; i++)
-		p[i].err = (atomic_load(p[i].e) & (PTE_REMAP | PTE_UNMAPPED)) ? -ENOENT : 0;
+	for (size_t i = 0; i < k; i++) {
+		uint64_t v = atomic_load(p[i].e);
+		p[i].err = (v & PTE_UNMAPPED) ? -ENOENT : 0;
+		if (!(v & PTE_REMAP) || p[i].err)
+			continue;
+		/* Moved before our discard (its CPU page lives on at the new
+		 * address: it stays in system memory) or after it (the page is
+		 * gone there: our copy on the device is its data).  The new
+		 * address's entry is held for the move: nothing fills it. */
+		uintptr_t to;
+		char c;
+		p[i].err = !remap_dest(h, p[i].e, &to) || procmem_read(&c, to, 1) == 1 ? -ENOENT : 0;
+	}
 	stat_add(h, ST_FALLBACK, k);
 	return;
 undo:

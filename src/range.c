@@ -211,6 +211,17 @@ void registry_reset_child(void)
 	atomic_store(&g_ranges, NULL); /* the parent's array: left alone, not freed */
 }
 
+bool range_touches(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	unsigned tok = ebr_enter();
+	struct range_set *s = atomic_load(&g_ranges);
+	bool hit = false;
+	for (size_t i = 0; s && i < s->n && !hit; i++)
+		hit = s->e[i].h == h && !s->e[i].pool && s->e[i].start < end && s->e[i].end > start;
+	ebr_exit(tok);
+	return hit;
+}
+
 bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	unsigned tok = ebr_enter();
@@ -355,6 +366,29 @@ static bool find_conflict(uintptr_t start, uintptr_t end, struct range_ent *out)
  * protection succeeds only there); a stale one is waited out (bounded).
  */
 /* Is the VMA at addr registered with some userfaultfd ("um" in smaps)? */
+int vmas_registered(uintptr_t start, uintptr_t end, struct vma_info *out, int max)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return -errno;
+	char line[512];
+	unsigned long s0 = 0, e0 = 0;
+	bool in = false;
+	int n = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			s0 = a;
+			e0 = b;
+			in = s0 < end && e0 > start;
+		} else if (in && !strncmp(line, "VmFlags:", 8) && strstr(line, " um") && n < max) {
+			out[n++] = (struct vma_info){ .start = MAX(s0, start), .end = MIN(e0, end) };
+		}
+	}
+	fclose(f);
+	return n;
+}
+
 bool vma_registered(uintptr_t addr)
 {
 	FILE *f = fopen("/proc/self/smaps", "re");

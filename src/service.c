@@ -207,8 +207,7 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 		if (m->arg.remove.start >= atomic_load(&h->selfremove_start) &&
 		    m->arg.remove.end <= atomic_load(&h->selfremove_end))
 			break; /* our own remapping of a coherent granule */
-		discard_range(h, m->arg.remove.start, m->arg.remove.end, UHMM_EVENT_UNMAP);
-		range_forget(h, m->arg.remove.start, m->arg.remove.end);
+		unmap_range(h, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_REMAP:
 		stat_add(h, ST_EVENTS, 1);
