@@ -95,16 +95,54 @@ void dpage_put_clean(struct uhmm_dpage *dp)
 	release(dp, true);
 }
 
-/* Empty the slots of dropped pages (application thread, alloc_lock held). */
+static int cmp_size(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Empty the slots of dropped pages (application thread, alloc_lock held).
+ * Each madvise of the (registered) pool raises a REMOVE event that the
+ * caller waits for the service thread to read, and every event in the
+ * queue makes userfaultfd calls fail with EAGAIN meanwhile: the slots are
+ * sorted and emptied a run at a time. */
 static void drain_dirty(struct uhmm_devmem *m)
 {
 	uint64_t head = atomic_exchange(&m->dirty, 0);
+	size_t n = 0, cap = 64;
+	size_t *idx = malloc(cap * sizeof(*idx));
 	while (head) {
-		size_t idx = (size_t)head - 1;
-		head = dpage_vaddr(&m->pages[idx]) >> PAGE_SHIFT;
-		madvise(m->host + idx * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED);
-		free_slot(m, idx);
+		size_t i = (size_t)head - 1;
+		head = dpage_vaddr(&m->pages[i]) >> PAGE_SHIFT;
+		if (idx && n == cap) {
+			size_t *more = realloc(idx, 2 * cap * sizeof(*idx));
+			if (!more) {
+				free(idx);
+				idx = NULL;
+			} else {
+				idx = more;
+				cap *= 2;
+			}
+		}
+		if (!idx) {
+			/* Out of memory: one slot at a time. */
+			madvise(m->host + i * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED);
+			free_slot(m, i);
+			continue;
+		}
+		idx[n++] = i;
 	}
+	if (!idx)
+		return;
+	qsort(idx, n, sizeof(*idx), cmp_size);
+	for (size_t a = 0, b; a < n; a = b) {
+		for (b = a + 1; b < n && idx[b] == idx[b - 1] + 1; b++)
+			;
+		madvise(m->host + idx[a] * PAGE_SIZE, (b - a) * PAGE_SIZE, MADV_DONTNEED);
+		for (size_t k = a; k < b; k++)
+			free_slot(m, idx[k]);
+	}
+	free(idx);
 }
 
 /* Claim up to n free pages of m, in runs; returns how many. */

@@ -37,6 +37,11 @@
 #include "internal.h"
 
 #include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #define GATE_SVC (1u << 31) /* the service thread reads or handles a batch */
 
@@ -50,6 +55,33 @@ static __thread bool tls_service __attribute__((tls_model("initial-exec")));
 void gate_set_service_thread(void)
 {
 	tls_service = true;
+}
+
+/* Debugging aid (UHMM_DEBUG_GATE=1): who holds a section when the service
+ * thread has waited for one for seconds. */
+#define HOLDERS 64
+static _Atomic(uintptr_t) g_holder_pc[HOLDERS];
+static _Atomic(long) g_holder_tid[HOLDERS];
+static __thread int tls_slot = -1;
+
+static void holder_set(uintptr_t pc)
+{
+	if (tls_slot < 0) {
+		long tid = syscall(SYS_gettid);
+		tls_slot = (int)(tid % HOLDERS);
+		atomic_store(&g_holder_tid[tls_slot], tid);
+	}
+	atomic_store(&g_holder_pc[tls_slot], pc);
+}
+
+static void holders_dump(void)
+{
+	for (int i = 0; i < HOLDERS; i++) {
+		uintptr_t pc = atomic_load(&g_holder_pc[i]);
+		if (pc)
+			fprintf(stderr, "uhmm: gate held by tid %ld, entered from %p\n",
+			        atomic_load(&g_holder_tid[i]), (void *)pc);
+	}
 }
 
 bool gate_enter(struct uhmm *h)
@@ -75,6 +107,7 @@ bool gate_enter(struct uhmm *h)
 	atomic_fetch_sub(&h->gate_waiters, 1);
 	tls_gate.h = h;
 	tls_gate.depth = 1;
+	holder_set((uintptr_t)__builtin_return_address(0));
 	uffd_nowait(true);
 	return true;
 }
@@ -85,6 +118,7 @@ void gate_exit(struct uhmm *h, bool entered)
 		return;
 	uffd_nowait(false);
 	tls_gate.h = NULL;
+	holder_set(0);
 	atomic_fetch_sub(&h->gate, 1);
 }
 
@@ -94,9 +128,18 @@ void gate_close(struct uhmm *h)
 	for (int i = 0; i < 64 && atomic_load(&h->gate_waiters) > 0; i++)
 		sched_yield();
 	atomic_fetch_or(&h->gate, GATE_SVC);
-	for (unsigned spins = 0; atomic_load(&h->gate) & ~GATE_SVC; spins++)
+	static int debug = -1;
+	if (debug < 0)
+		debug = getenv("UHMM_DEBUG_GATE") != NULL;
+	time_t t0 = debug ? time(NULL) : 0;
+	for (unsigned spins = 0; atomic_load(&h->gate) & ~GATE_SVC; spins++) {
 		if (spins > 64)
 			sched_yield();
+		if (debug && (spins & 0xffff) == 0 && time(NULL) - t0 > 5) {
+			holders_dump();
+			t0 = time(NULL);
+		}
+	}
 }
 
 void gate_open(struct uhmm *h)

@@ -829,7 +829,7 @@ static unsigned opt_watchdog = 60;
  * kernel stack, and the mapping of libuhmm to symbolise the pc with. */
 static void dump_threads(void)
 {
-	char path[128], buf[4096];
+	char path[512], buf[4096];
 	snprintf(path, sizeof(path), "ls /proc/%d/task", (int)getpid());
 	FILE *d = popen(path, "r");
 	if (!d)
@@ -853,6 +853,24 @@ static void dump_threads(void)
 	snprintf(path, sizeof(path), "grep -E 'libuhmm|uhmm-stress' /proc/%d/maps >&2", (int)getpid());
 	if (system(path))
 		(void)0;
+	/* User stacks too, when gdb is there (frame arguments off: printing
+	 * them could touch managed memory, which would block gdb). */
+	if (getenv("UHMM_STRESS_PERF")) {
+		/* Where the running threads spin (perf does not stop them). */
+		snprintf(path, sizeof(path),
+		         "perf record -q -F 999 -g -p %d -o /tmp/uhmm-stress.perf -- sleep 1 >/dev/null 2>&1; "
+		         "perf report -q -i /tmp/uhmm-stress.perf --stdio --sort tid,sym -g none 2>/dev/null | head -40 >&2",
+		         (int)getpid());
+		if (system(path))
+			(void)0;
+	}
+	if (getenv("UHMM_STRESS_GDB")) {
+		snprintf(path, sizeof(path),
+		         "timeout 60 gdb -p %d -batch -ex 'set print frame-arguments none' "
+		         "-ex 'thread apply all bt 14' >&2 2>/dev/null", (int)getpid());
+		if (system(path))
+			(void)0;
+	}
 }
 
 static void *watchdog_main(void *arg)
