@@ -26,6 +26,7 @@ UHMM_API int uhmm_device_create(struct uhmm *h, const char *name, const struct u
 	d->flags = flags;
 	d->priv = priv;
 	pthread_mutex_init(&d->lock, NULL);
+	pthread_mutex_init(&d->evac_lock, NULL);
 	pthread_mutex_lock(&h->dev_lock);
 	int slot = -1;
 	for (int i = 0; i < MAX_DEVICES; i++) {
@@ -37,6 +38,7 @@ UHMM_API int uhmm_device_create(struct uhmm *h, const char *name, const struct u
 	if (slot < 0) {
 		pthread_mutex_unlock(&h->dev_lock);
 		pthread_mutex_destroy(&d->lock);
+		pthread_mutex_destroy(&d->evac_lock);
 		free(d);
 		return -ENOSPC;
 	}
@@ -50,6 +52,7 @@ UHMM_API int uhmm_device_create(struct uhmm *h, const char *name, const struct u
 /* Evacuate every block; -EBUSY (and nothing removed) if a page must stay. */
 static int device_evacuate(struct uhmm_device *d)
 {
+	pthread_mutex_lock(&d->evac_lock); /* no block is freed under us */
 	pthread_mutex_lock(&d->lock);
 	struct uhmm_devmem *list = d->mems;
 	pthread_mutex_unlock(&d->lock);
@@ -61,6 +64,7 @@ static int device_evacuate(struct uhmm_device *d)
 	if (r)
 		for (struct uhmm_devmem *m = list; m; m = m->next)
 			atomic_store(&m->dead, false);
+	pthread_mutex_unlock(&d->evac_lock);
 	return r;
 }
 
@@ -95,6 +99,7 @@ UHMM_API int uhmm_device_destroy(struct uhmm_device *d)
 		m = next;
 	}
 	pthread_mutex_destroy(&d->lock);
+	pthread_mutex_destroy(&d->evac_lock);
 	free(d);
 	return 0;
 }

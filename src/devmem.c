@@ -508,10 +508,12 @@ UHMM_API int uhmm_devmem_remove(struct uhmm_devmem *m)
 	if (atomic_load(&m->maps) > 0)
 		return -EBUSY; /* persistent memory the application still maps */
 	service_quiesce(d->h);
+	pthread_mutex_lock(&d->evac_lock); /* a release walking the list is done */
 	atomic_store(&m->dead, true);
 	int r = devmem_evacuate(m);
 	if (r) {
 		atomic_store(&m->dead, false);
+		pthread_mutex_unlock(&d->evac_lock);
 		return r;
 	}
 	pthread_mutex_lock(&d->lock);
@@ -522,6 +524,7 @@ UHMM_API int uhmm_devmem_remove(struct uhmm_devmem *m)
 		}
 	}
 	pthread_mutex_unlock(&d->lock);
+	pthread_mutex_unlock(&d->evac_lock);
 	/* Readers that found a page through the table are done once EBR says so. */
 	ebr_synchronize();
 	devmem_destroy(m);

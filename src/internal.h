@@ -236,6 +236,8 @@ struct uhmm_device {
 	void *priv;
 	int slot;                      /* index in h->devices */
 	pthread_mutex_t lock;          /* devmem list */
+	pthread_mutex_t evac_lock;     /* walks of the list that evacuate (release,
+	                                  destroy) against a block's removal */
 	struct uhmm_devmem *mems;
 	size_t capacity;               /* grow on demand up to this (0 = no growth) */
 	bool coherent;                 /* migrations to it map coherent granules */

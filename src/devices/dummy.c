@@ -362,6 +362,7 @@ UHMM_API int uhmm_dummy_release(struct uhmm_device *d)
 	if (!dummy_of(d))
 		return -EINVAL;
 	service_quiesce(d->h);
+	pthread_mutex_lock(&d->evac_lock); /* no block is freed under us */
 	pthread_mutex_lock(&d->lock);
 	struct uhmm_devmem *list = d->mems;
 	pthread_mutex_unlock(&d->lock);
@@ -371,6 +372,7 @@ UHMM_API int uhmm_dummy_release(struct uhmm_device *d)
 		if (r && !rc)
 			rc = r;
 	}
+	pthread_mutex_unlock(&d->evac_lock);
 	return rc;
 }
 

@@ -641,11 +641,18 @@ static void op_range_add(struct worker *w, struct region *r)
 static void op_devmem(struct worker *w)
 {
 	struct uhmm_devmem *m = NULL;
+	/* nslots counts blocks listed and being added, so that concurrent
+	 * adds never list more than MAX_DEVMEM. */
+	static size_t nslots;
 	pthread_mutex_lock(&devmem_lock);
-	bool add = ndevmem == 0 || (ndevmem < MAX_DEVMEM && rnd_below(&w->rng, 2));
-	if (!add)
+	bool add = nslots < MAX_DEVMEM && (ndevmem == 0 || rnd_below(&w->rng, 2));
+	if (add)
+		nslots++;
+	else if (ndevmem)
 		m = devmems[--ndevmem];
 	pthread_mutex_unlock(&devmem_lock);
+	if (!add && !m)
+		return; /* every slot is being added */
 	struct uhmm_device *d = rnd_below(&w->rng, 2) ? devA : devB;
 	if (add) {
 		size_t np = 16 + rnd_below(&w->rng, 256);
@@ -668,6 +675,9 @@ static void op_devmem(struct worker *w)
 		} else if (rc) {
 			fail(w, NULL, "uhmm_devmem_remove = %d", rc);
 		} else {
+			pthread_mutex_lock(&devmem_lock);
+			nslots--;
+			pthread_mutex_unlock(&devmem_lock);
 			atomic_fetch_add(&devmem_removes, 1);
 		}
 	}
