@@ -15,10 +15,13 @@
  * holding one may itself wait for the service thread to read a REMOVE
  * event (its own MADV_DONTNEED in the copy fallback).
  *
- * Lock order: page locks (ascending address) → device locks (a backend's
- * own) → devmem allocation lock → registry lock.  Mirror invalidate
- * callbacks run with page locks held and may take device locks; a device
- * never waits for a page lock while holding its own lock.
+ * Lock order: page locks (ascending address) → the identity gate (gate.c)
+ * → device locks (a backend's own) → devmem allocation lock → registry
+ * lock.  Mirror invalidate callbacks run with page locks held and may take
+ * device locks; a device never waits for a page lock while holding its own
+ * lock.  Inside the gate nothing waits for the service thread (it closes
+ * the gate to read): no madvise or munmap of registered memory, no touch
+ * of managed or pool memory, no blocking userfaultfd retry.
  */
 #ifndef UHMM_INTERNAL_H
 #define UHMM_INTERNAL_H
