@@ -220,14 +220,26 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		off += (size_t)got;
 	}
 	if (m->host_registered) {
-		size_t done;
 		char *slots = dpage_host(m, p[0].dp);
-		r = uffd_copy(h->uffd, (uintptr_t)slots, buf, len, false, &done);
-		if (r == -EEXIST) {
-			/* A slot the device touched while free is mapped (zeros):
-			 * plain stores are safe, a pool fault needs no page lock. */
-			memcpy(slots + done, buf + done, len - done);
-			r = 0;
+		for (size_t off = 0;;) {
+			size_t done = 0;
+			r = uffd_copy(h->uffd, (uintptr_t)slots + off, buf + off, len - off, false, &done);
+			off += done;
+			if (r != -EEXIST)
+				break;
+			/* A slot the device touched while free is mapped (zeros).
+			 * Written through /proc/self/mem: a plain store to a slot
+			 * that is missing would fault, and the service thread
+			 * cannot serve it while we hold the gate. */
+			if (procmem_write((uintptr_t)slots + off, buf + off, PAGE_SIZE) != (ssize_t)PAGE_SIZE) {
+				r = -EIO;
+				break;
+			}
+			off += PAGE_SIZE;
+			if (off == len) {
+				r = 0;
+				break;
+			}
 		}
 		if (r)
 			goto undo; /* the pages stay; the slots are emptied on reuse */
