@@ -202,9 +202,11 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 static int resolve_locked(struct uhmm *h, const struct range_ent *r, uintptr_t page,
                           _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid);
 
+/* r: the range the caller found addr in (looked up again under the gate). */
 int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags,
                   uint32_t tid)
 {
+	(void)r;
 	uintptr_t page = addr & ~PAGE_MASK;
 	_Atomic uint64_t *e = ptable_entry(&h->pt, page, true);
 	if (!e)
@@ -219,8 +221,7 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 	bool entered = gate_enter(h);
 	struct range_ent now;
 	unsigned tok = ebr_enter();
-	bool same = !(atomic_load(e) & PTE_MARKS) && range_lookup_managed(h, page, &now) &&
-	            now.h == r->h;
+	bool same = !(atomic_load(e) & PTE_MARKS) && range_lookup_managed(h, page, &now);
 	ebr_exit(tok);
 	if (!same) {
 		page_unlock(h, e, v);
