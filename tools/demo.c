@@ -212,6 +212,65 @@ static void report_mismatch(struct demo *d, const char *who, size_t pg, size_t w
 	        ", got 0x%016" PRIx64 "\n", who, pg, w * 8, want, got);
 }
 
+/* Page pg (its words at q) must hold pattern(pg, w) ^ expect: mismatches
+ * are reported and their bytes counted.  Returns 1 if the page was bad. */
+static unsigned check_page(struct demo *d, const char *who, size_t pg, const uint64_t *q,
+                           uint64_t expect, uint64_t *bad_bytes)
+{
+	unsigned bad = 0;
+
+	for (size_t w = 0; w < d->words; w++) {
+		uint64_t want = pattern(pg, w) ^ expect;
+
+		if (q[w] != want) {
+			report_mismatch(d, who, pg, w, want, q[w]);
+			*bad_bytes += bytes_differing(want, q[w]);
+			bad = 1;
+		}
+	}
+	return bad;
+}
+
+/*
+ * Device dev reads pages [0, npages) in place, a batch at a time; each page
+ * must hold pattern ^ expect (bad pages and bytes added to the counters).
+ * With apply, each page is XORed with it and written back.  Returns 0 or a
+ * negative errno.
+ */
+static int device_pass_on(struct demo *d, struct uhmm_device *dev, const char *who,
+                          size_t npages, uint64_t *buf, uint64_t expect, uint64_t apply,
+                          struct uhmm_dummy_counters *c, uint64_t *bad_pages,
+                          uint64_t *bad_bytes)
+{
+	for (size_t pg0 = 0; pg0 < npages; pg0 += BATCH_PAGES) {
+		size_t n = npages - pg0 < BATCH_PAGES ? npages - pg0 : BATCH_PAGES;
+		char *addr = d->mem + pg0 * d->pagesz;
+		int rc = uhmm_dummy_read(dev, addr, buf, n, c);
+
+		if (rc < 0) {
+			fprintf(stderr, "uhmm demo: %s: uhmm_dummy_read at page %zu: %s\n", who, pg0,
+			        strerror(-rc));
+			return rc;
+		}
+		for (size_t i = 0; i < n; i++) {
+			uint64_t *q = buf + i * d->words;
+
+			*bad_pages += check_page(d, who, pg0 + i, q, expect, bad_bytes);
+			for (size_t w = 0; apply && w < d->words; w++)
+				q[w] ^= apply;
+		}
+		if (!apply)
+			continue;
+		rc = uhmm_dummy_write(dev, addr, buf, n, c);
+		if (rc < 0) {
+			fprintf(stderr, "uhmm demo: %s: uhmm_dummy_write at page %zu: %s\n", who, pg0,
+			        strerror(-rc));
+			return rc;
+		}
+	}
+	return 0;
+}
+
 /* Step 1: the CPU writes the pattern; each first touch is a zero-fill fault. */
 static void step_fill(struct demo *d)
 {
@@ -232,40 +291,8 @@ static int step_device(struct demo *d, uint64_t *buf)
 {
 	struct uhmm_dummy_counters c = { 0, 0 };
 
-	for (size_t pg0 = 0; pg0 < d->npages; pg0 += BATCH_PAGES) {
-		size_t n = d->npages - pg0 < BATCH_PAGES ? d->npages - pg0 : BATCH_PAGES;
-		char *addr = d->mem + pg0 * d->pagesz;
-		int rc = uhmm_dummy_read(d->dev, addr, buf, n, &c);
-
-		if (rc < 0) {
-			fprintf(stderr, "uhmm demo: uhmm_dummy_read at page %zu: %s\n", pg0,
-			        strerror(-rc));
-			return rc;
-		}
-		for (size_t i = 0; i < n; i++) {
-			uint64_t *q = buf + i * d->words;
-			unsigned bad = 0;
-
-			for (size_t w = 0; w < d->words; w++) {
-				uint64_t want = pattern(pg0 + i, w);
-
-				if (q[w] != want) {
-					report_mismatch(d, "device read", pg0 + i, w, want, q[w]);
-					d->device_bad_bytes += bytes_differing(want, q[w]);
-					bad = 1;
-				}
-				q[w] ^= DEVICE_XOR;
-			}
-			d->device_bad_pages += bad;
-		}
-		rc = uhmm_dummy_write(d->dev, addr, buf, n, &c);
-		if (rc < 0) {
-			fprintf(stderr, "uhmm demo: uhmm_dummy_write at page %zu: %s\n", pg0,
-			        strerror(-rc));
-			return rc;
-		}
-	}
-	return 0;
+	return device_pass_on(d, d->dev, "device read", d->npages, buf, 0, DEVICE_XOR, &c,
+	                      &d->device_bad_pages, &d->device_bad_bytes);
 }
 
 /*
@@ -278,52 +305,16 @@ static int step_device(struct demo *d, uint64_t *buf)
 static int step_second_device(struct demo *d, struct uhmm_device *b, uint64_t *buf,
                               size_t sample, struct uhmm_dummy_counters *c)
 {
-	for (size_t pg0 = 0; pg0 < sample; pg0 += BATCH_PAGES) {
-		size_t n = sample - pg0 < BATCH_PAGES ? sample - pg0 : BATCH_PAGES;
-		int rc = uhmm_dummy_read(b, d->mem + pg0 * d->pagesz, buf, n, c);
-
-		if (rc < 0) {
-			fprintf(stderr, "uhmm demo: uhmm_dummy_read (device B) at page %zu: %s\n", pg0,
-			        strerror(-rc));
-			return rc;
-		}
-		for (size_t i = 0; i < n; i++) {
-			const uint64_t *q = buf + i * d->words;
-			unsigned bad = 0;
-
-			for (size_t w = 0; w < d->words; w++) {
-				uint64_t want = pattern(pg0 + i, w) ^ DEVICE_XOR;
-
-				if (q[w] != want) {
-					report_mismatch(d, "device B read", pg0 + i, w, want, q[w]);
-					d->b_bad_bytes += bytes_differing(want, q[w]);
-					bad = 1;
-				}
-			}
-			d->b_bad_pages += bad;
-		}
-	}
-	return 0;
+	return device_pass_on(d, b, "device B read", sample, buf, DEVICE_XOR, 0, c,
+	                      &d->b_bad_pages, &d->b_bad_bytes);
 }
+
+static uint64_t cpu_pass(struct demo *d, const char *who, uint64_t expect, uint64_t apply);
 
 /* Step 5: the CPU reads every byte; the first access to a page faults it home. */
 static void step_verify(struct demo *d)
 {
-	for (size_t pg = 0; pg < d->npages; pg++) {
-		const uint64_t *q = (const uint64_t *)(d->mem + pg * d->pagesz);
-		unsigned bad = 0;
-
-		for (size_t w = 0; w < d->words; w++) {
-			uint64_t want = pattern(pg, w) ^ DEVICE_XOR, got = q[w];
-
-			if (got != want) {
-				report_mismatch(d, "CPU read-back", pg, w, want, got);
-				d->cpu_bad_bytes += bytes_differing(want, got);
-				bad = 1;
-			}
-		}
-		d->cpu_bad_pages += bad;
-	}
+	cpu_pass(d, "CPU read-back", DEVICE_XOR, 0);
 }
 
 static void print_phases(const struct demo *d)
@@ -463,20 +454,10 @@ static uint64_t cpu_pass(struct demo *d, const char *who, uint64_t expect, uint6
 
 	for (size_t pg = 0; pg < d->npages; pg++) {
 		uint64_t *q = (uint64_t *)(d->mem + pg * d->pagesz);
-		unsigned bad = 0;
 
-		for (size_t w = 0; w < d->words; w++) {
-			uint64_t want = pattern(pg, w) ^ expect, got = q[w];
-
-			if (got != want) {
-				report_mismatch(d, who, pg, w, want, got);
-				d->cpu_bad_bytes += bytes_differing(want, got);
-				bad = 1;
-			}
-			if (apply)
-				q[w] = got ^ apply;
-		}
-		bad_pages += bad;
+		bad_pages += check_page(d, who, pg, q, expect, &d->cpu_bad_bytes);
+		for (size_t w = 0; apply && w < d->words; w++)
+			q[w] ^= apply;
 	}
 	d->cpu_bad_pages += bad_pages;
 	return bad_pages;
@@ -487,32 +468,8 @@ static int device_pass(struct demo *d, uint64_t *buf, uint64_t expect)
 {
 	struct uhmm_dummy_counters c = { 0, 0 };
 
-	for (size_t pg0 = 0; pg0 < d->npages; pg0 += BATCH_PAGES) {
-		size_t n = d->npages - pg0 < BATCH_PAGES ? d->npages - pg0 : BATCH_PAGES;
-		int rc = uhmm_dummy_read(d->dev, d->mem + pg0 * d->pagesz, buf, n, &c);
-
-		if (rc < 0) {
-			fprintf(stderr, "uhmm demo: uhmm_dummy_read at page %zu: %s\n", pg0,
-			        strerror(-rc));
-			return rc;
-		}
-		for (size_t i = 0; i < n; i++) {
-			const uint64_t *q = buf + i * d->words;
-			unsigned bad = 0;
-
-			for (size_t w = 0; w < d->words; w++) {
-				uint64_t want = pattern(pg0 + i, w) ^ expect;
-
-				if (q[w] != want) {
-					report_mismatch(d, "device read", pg0 + i, w, want, q[w]);
-					d->device_bad_bytes += bytes_differing(want, q[w]);
-					bad = 1;
-				}
-			}
-			d->device_bad_pages += bad;
-		}
-	}
-	return 0;
+	return device_pass_on(d, d->dev, "device read", d->npages, buf, expect, 0, &c,
+	                      &d->device_bad_pages, &d->device_bad_bytes);
 }
 
 /* All npages pages in state st?  Prints the states under `when`. */
