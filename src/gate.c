@@ -63,9 +63,14 @@ void gate_set_service_thread(void)
 static _Atomic(uintptr_t) g_holder_pc[HOLDERS];
 static _Atomic(long) g_holder_tid[HOLDERS];
 static __thread int tls_slot = -1;
+/* -1 until the first service thread looks at UHMM_DEBUG_GATE (getenv is
+ * not for signal handlers, which enter the gate too). */
+static _Atomic int g_debug = -1;
 
 static void holder_set(uintptr_t pc)
 {
+	if (atomic_load_explicit(&g_debug, memory_order_relaxed) != 1)
+		return; /* sections are a hot path: record holders only when asked */
 	if (tls_slot < 0) {
 		long tid = syscall(SYS_gettid);
 		tls_slot = (int)(tid % HOLDERS);
@@ -128,9 +133,9 @@ void gate_close(struct uhmm *h)
 	for (int i = 0; i < 64 && atomic_load(&h->gate_waiters) > 0; i++)
 		sched_yield();
 	atomic_fetch_or(&h->gate, GATE_SVC);
-	static int debug = -1;
-	if (debug < 0)
-		debug = getenv("UHMM_DEBUG_GATE") != NULL;
+	if (atomic_load(&g_debug) < 0)
+		atomic_store(&g_debug, getenv("UHMM_DEBUG_GATE") != NULL);
+	bool debug = atomic_load(&g_debug) == 1;
 	time_t t0 = debug ? time(NULL) : 0;
 	for (unsigned spins = 0; atomic_load(&h->gate) & ~GATE_SVC; spins++) {
 		if (spins > 64)
