@@ -34,19 +34,23 @@ struct bcase {
 	const char *name;
 	int (*run)(void);
 	const char *what;
+	bool gpu; /* needs a GPU: run with --cuda or by name, not by default */
 };
 
 static const struct bcase cases[] = {
-	{ "migrate-to-device", case_migrate_to_device, "uhmm_migrate sys -> dummy device vs memcpy" },
-	{ "migrate-to-system", case_migrate_to_system, "uhmm_migrate dummy device -> sys vs memcpy" },
-	{ "fault-latency", case_fault_latency, "one CPU read of a device page, fault-around off, vs kernel first touch" },
-	{ "fault-stream", case_fault_stream, "sequential CPU read of device-resident memory vs memcpy" },
-	{ "fault-random", case_fault_random, "random-order CPU read of device-resident memory vs kernel first touch" },
-	{ "device-fault", case_device_fault, "dummy device reads never-touched / present memory" },
-	{ "threads", case_threads, "N threads faulting disjoint parts vs 1 thread" },
-	{ "huge", case_huge, "2 MiB-aligned THP-backed migration both ways vs memcpy" },
-	{ "metadata", case_metadata, "RSS cost of a 1 TiB managed range with SIZE touched" },
-	{ "granule", case_granule, "sweep: fault-around 1..512 pages, migration 4 KiB..2 MiB" },
+	{ "migrate-to-device", case_migrate_to_device, "uhmm_migrate sys -> dummy device vs memcpy", false },
+	{ "migrate-to-system", case_migrate_to_system, "uhmm_migrate dummy device -> sys vs memcpy", false },
+	{ "fault-latency", case_fault_latency, "one CPU read of a device page, fault-around off, vs kernel first touch", false },
+	{ "fault-stream", case_fault_stream, "sequential CPU read of device-resident memory vs memcpy", false },
+	{ "fault-random", case_fault_random, "random-order CPU read of device-resident memory vs kernel first touch", false },
+	{ "device-fault", case_device_fault, "dummy device reads never-touched / present memory", false },
+	{ "threads", case_threads, "N threads faulting disjoint parts vs 1 thread", false },
+	{ "huge", case_huge, "2 MiB-aligned THP-backed migration both ways vs memcpy", false },
+	{ "metadata", case_metadata, "RSS cost of a 1 TiB managed range with SIZE touched", false },
+	{ "granule", case_granule, "sweep: fault-around 1..512 pages, migration 4 KiB..2 MiB", false },
+	{ "cuda-migrate", case_cuda_migrate, "uhmm_migrate host <-> GPU, prefetch vs cuMemcpy from pinned memory", true },
+	{ "cuda-fault-back", case_cuda_fault_back, "CPU reads GPU-written data vs cuMemAllocManaged", true },
+	{ "cuda-saxpy", case_cuda_saxpy, "SAXPY 1 and 8 GiB on uhmm memory vs cuMemAlloc", true },
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
@@ -357,7 +361,7 @@ static const char *mode_str(enum uhmm_fault_mode m)
 
 static void list_cases(FILE *f)
 {
-	fprintf(f, "cases (default: all, in this order):\n");
+	fprintf(f, "cases (default: all but the cuda-* ones, in this order; --cuda: the cuda-* ones):\n");
 	for (size_t i = 0; i < NCASES; i++)
 		fprintf(f, "  %-18s %s\n", cases[i].name, cases[i].what);
 }
@@ -370,12 +374,13 @@ int cmd_bench(int argc, char **argv)
 		{ "reps", required_argument, NULL, 'r' },
 		{ "json", required_argument, NULL, 'j' },
 		{ "quick", no_argument, NULL, 'q' },
+		{ "cuda", no_argument, NULL, 'c' },
 		{ "list", no_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *json = NULL;
-	bool have_size = false, have_reps = false;
+	bool have_size = false, have_reps = false, cuda = false;
 	bool want[NCASES];
 	int c, nwant = 0;
 	int xargc = argc;
@@ -387,7 +392,7 @@ int cmd_bench(int argc, char **argv)
 	bopt.reps = 5;
 	bopt.quick = false;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "s:t:r:j:qlh", lo, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:t:r:j:qclh", lo, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			if (cli_parse_size(optarg, &bopt.size) || bopt.size < (1ul << 20))
@@ -419,6 +424,9 @@ int cmd_bench(int argc, char **argv)
 		case 'q':
 			bopt.quick = true;
 			break;
+		case 'c':
+			cuda = true;
+			break;
 		case 'l':
 			list_cases(stdout);
 			return CLI_EXIT_OK;
@@ -434,8 +442,10 @@ int cmd_bench(int argc, char **argv)
 		size_t k;
 		if (strcmp(argv[i], "all") == 0) {
 			for (k = 0; k < NCASES; k++)
-				want[k] = true;
-			nwant += (int)NCASES;
+				if (!cases[k].gpu) {
+					want[k] = true;
+					nwant++;
+				}
 			continue;
 		}
 		for (k = 0; k < NCASES; k++)
@@ -449,9 +459,14 @@ int cmd_bench(int argc, char **argv)
 		want[k] = true;
 		nwant++;
 	}
+	for (size_t k = 0; k < NCASES; k++)
+		if (cuda && cases[k].gpu) {
+			want[k] = true;
+			nwant++;
+		}
 	if (!nwant)
 		for (size_t k = 0; k < NCASES; k++)
-			want[k] = true;
+			want[k] = !cases[k].gpu;
 	if (bopt.quick) {
 		if (!have_size)
 			bopt.size = 16ul << 20;

@@ -80,4 +80,9 @@ int case_huge(void);
 int case_metadata(void);
 int case_granule(void);
 
+/* The CUDA cases (bench_cuda.c): run with --cuda or by name. */
+int case_cuda_migrate(void);
+int case_cuda_fault_back(void);
+int case_cuda_saxpy(void);
+
 #endif /* UHMM_BENCH_H */

@@ -50,7 +50,7 @@ static const struct cli_cmd commands[] = {
 	  "                 (powers of 1024); rounded up to whole pages\n"
 	  "  -m, --mode M   fault mode: auto (default: UHMM_FAULT_MODE, else the\n"
 	  "                 best mode that works here), thread or sigbus\n" },
-	{ "bench", cmd_bench, "[CASE...] [--size S] [--threads N] [--reps R] [--json FILE] [--quick]",
+	{ "bench", cmd_bench, "[CASE...] [--cuda] [--size S] [--threads N] [--reps R] [--json FILE] [--quick]",
 	  "measure fault and migration costs against same-run baselines",
 	  "Run each benchmark case and, in the same run, its baseline (memcpy or\n"
 	  "the kernel's own first-touch fault); print the median of R repetitions\n"
@@ -58,7 +58,10 @@ static const struct cli_cmd commands[] = {
 	  "(targets are reported, never enforced: see docs/PERFORMANCE.md).\n"
 	  "Exits 1 only if a case failed to run or lost data.\n"
 	  "\n"
-	  "  CASE...          cases to run (default: all; 'uhmm bench --list')\n"
+	  "  CASE...          cases to run (default: all but cuda-*; 'uhmm bench --list')\n"
+	  "  -c, --cuda       the CUDA cases: GPU 0 vs the driver's own copies, managed\n"
+	  "                   memory and cuMemAlloc (skipped, with the reason, without\n"
+	  "                   a GPU)\n"
 	  "  -s, --size S     bytes per case (default 1G; K/M/G/T suffixes)\n"
 	  "  -t, --threads N  threads for the 'threads' case (default 2)\n"
 	  "  -r, --reps R     repetitions per figure (default 5)\n"

@@ -11,8 +11,11 @@
  *
  * Simulated GPU: one device, "uhmm fake GPU", FAKECUDA_MEM_MB MiB
  * (default 256), granularity 2 MiB.  FAKECUDA_INIT_ERROR=<n> makes cuInit
- * return error n.  One kernel exists: uhmm_fill(u32 *p, u32 value, u64 n),
- * in any module image that mentions it (the tests' PTX does).
+ * return error n.  Two kernels exist, in any module image that mentions
+ * uhmm_fill (the tests' and the benchmark's PTX do): uhmm_fill(u32 *p,
+ * u32 value, u64 n) and uhmm_saxpy(f32 *x, f32 *y, f32 a, u64 n).
+ * Managed memory (cuMemAllocManaged) is plain device memory here: host
+ * memory both sides can touch, which is all a simulation can offer.
  *
  * Not a model of timing or of asynchrony: every "async" call completes
  * before it returns.
@@ -392,6 +395,14 @@ API CUresult cuMemFree_v2(CUdeviceptr p)
 	return OK;
 }
 
+/* Managed memory: one address for host and device, which host memory is. */
+API CUresult cuMemAllocManaged(CUdeviceptr *p, size_t size, unsigned flags)
+{
+	if (flags != 1 && flags != 2) /* CU_MEM_ATTACH_GLOBAL, CU_MEM_ATTACH_HOST */
+		return E_INVALID_VALUE;
+	return cuMemAlloc_v2(p, size);
+}
+
 API CUresult cuMemHostAlloc(void **pp, size_t size, unsigned flags)
 {
 	(void)flags;
@@ -479,7 +490,7 @@ API CUresult cuEventSynchronize(CUevent e) { (void)e; return OK; }
 
 struct CUmod_st { int x; };
 struct CUfunc_st { int x; };
-static struct CUfunc_st fill_fn;
+static struct CUfunc_st fill_fn, saxpy_fn;
 
 API CUresult cuModuleLoadData(CUmodule *m, const void *image)
 {
@@ -494,9 +505,12 @@ API CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
 {
 	if (!m || !name)
 		return E_INVALID_VALUE;
-	if (strcmp(name, "uhmm_fill"))
+	if (!strcmp(name, "uhmm_fill"))
+		*f = &fill_fn;
+	else if (!strcmp(name, "uhmm_saxpy"))
+		*f = &saxpy_fn;
+	else
 		return E_NOT_FOUND;
-	*f = &fill_fn;
 	return OK;
 }
 API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
@@ -507,12 +521,24 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
 	(void)s;
 	(void)extra;
 	NEED_CTX();
-	if (f != &fill_fn || !params)
+	if ((f != &fill_fn && f != &saxpy_fn) || !params)
 		return E_INVALID_VALUE;
+	uint64_t threads = (uint64_t)gx * gy * gz * bx * by * bz;
+	if (f == &saxpy_fn) {
+		CUdeviceptr x = *(CUdeviceptr *)params[0], y = *(CUdeviceptr *)params[1];
+		float a = *(float *)params[2];
+		uint64_t n = *(uint64_t *)params[3];
+		if (n > threads)
+			n = threads;
+		if (!accessible(x, n * 4) || !accessible(y, n * 4))
+			return 700; /* CUDA_ERROR_ILLEGAL_ADDRESS */
+		for (uint64_t i = 0; i < n; i++)
+			((float *)(uintptr_t)y)[i] += a * ((float *)(uintptr_t)x)[i];
+		return OK;
+	}
 	CUdeviceptr p = *(CUdeviceptr *)params[0];
 	uint32_t v = *(uint32_t *)params[1];
 	uint64_t n = *(uint64_t *)params[2];
-	uint64_t threads = (uint64_t)gx * gy * gz * bx * by * bz;
 	if (n > threads)
 		n = threads;
 	if (!accessible(p, n * 4))
