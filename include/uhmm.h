@@ -163,6 +163,15 @@ int uhmm_range_remove(struct uhmm *h, void *addr, size_t len);
  * destroy: the device is being destroyed, after its memory was evacuated.
  * Optional.
  *
+ * dma_buf_get / dma_buf_put: optional, both or neither.  A buffer of
+ * UHMM_DMA_BUF_BYTES that the device copies to and from fastest (pinned,
+ * DMA-able host memory): uhmm reads pages that migrate to the device into
+ * it and passes it as copy_to_device's src, and passes it as
+ * copy_from_device's dst before installing the pages, so the device copies
+ * with no bounce buffer of its own.  get returns NULL when none is free
+ * (uhmm then uses a buffer of its own); put gives it back.  Both run where
+ * the copy callbacks run, signal handlers included.
+ *
  * Callbacks may run on uhmm's service thread or, in SIGBUS mode, inside a
  * signal handler of a thread that touched managed memory: they must not
  * allocate with malloc, and must not take a lock that is ever held while
@@ -175,12 +184,18 @@ struct uhmm_device_ops {
 	                        const size_t *idx, size_t npages);
 	void (*page_free)(struct uhmm_device *dev, struct uhmm_devmem *m, size_t idx);
 	void (*destroy)(struct uhmm_device *dev);
+	void *(*dma_buf_get)(struct uhmm_device *dev);
+	void (*dma_buf_put)(struct uhmm_device *dev, void *buf);
 };
+
+/* Size of a dma_buf_get buffer: the most pages one copy callback moves. */
+#define UHMM_DMA_BUF_BYTES (2u << 20)
 
 /*
  * Register a device backend with context h.  ops is copied.  name is
  * copied (at most 31 bytes kept).  Fails: -EINVAL NULL arguments, unknown
- * flags, or missing copy ops on a device that is not HOST_BACKED; -ENOMEM.
+ * flags, missing copy ops on a device that is not HOST_BACKED, or only one
+ * of dma_buf_get / dma_buf_put; -ENOMEM.
  */
 int uhmm_device_create(struct uhmm *h, const char *name, const struct uhmm_device_ops *ops,
                        unsigned flags, void *priv, struct uhmm_device **out);

@@ -17,6 +17,8 @@ UHMM_API int uhmm_device_create(struct uhmm *h, const char *name, const struct u
 		return -EINVAL;
 	if (!(flags & UHMM_DEVICE_HOST_BACKED) && (!ops->copy_to_device || !ops->copy_from_device))
 		return -EINVAL;
+	if (!ops->dma_buf_get != !ops->dma_buf_put)
+		return -EINVAL;
 	struct uhmm_device *d = calloc(1, sizeof(*d));
 	if (!d)
 		return -ENOMEM;

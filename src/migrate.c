@@ -67,6 +67,34 @@ size_t mpages_recheck(struct uhmm *h, struct mpage *p, size_t n, size_t *dropped
 	return k;
 }
 
+/* ---- copy buffers ---- */
+
+_Static_assert(UHMM_DMA_BUF_BYTES == BATCH_PAGES * PAGE_SIZE, "a run fits a device's DMA buffer");
+
+#define DEV_BUF (-2) /* copy_buf_get's slot: the device's own DMA buffer */
+
+/* A buffer for one run copied through device d: the device's DMA buffer
+ * when it offers one (its copy then needs no bounce buffer), else ours. */
+static char *copy_buf_get(struct uhmm *h, struct uhmm_device *d, int *slot)
+{
+	if (d->ops.dma_buf_get) {
+		char *b = d->ops.dma_buf_get(d);
+		if (b) {
+			*slot = DEV_BUF;
+			return b;
+		}
+	}
+	return staging_get(h, slot);
+}
+
+static void copy_buf_put(struct uhmm *h, struct uhmm_device *d, char *buf, int slot)
+{
+	if (slot == DEV_BUF)
+		d->ops.dma_buf_put(d, buf);
+	else if (slot >= 0)
+		staging_put(h, buf, slot);
+}
+
 /* ---- device → system ---- */
 
 static void run_home(struct uhmm *h, struct mpage *p, size_t k)
@@ -98,7 +126,7 @@ static void run_home(struct uhmm *h, struct mpage *p, size_t k)
 	} else {
 		size_t idx[BATCH_PAGES];
 		int slot;
-		char *buf = staging_get(h, &slot);
+		char *buf = copy_buf_get(h, d, &slot);
 		if (!buf) {
 			r = -ENOMEM;
 		} else {
@@ -107,7 +135,7 @@ static void run_home(struct uhmm *h, struct mpage *p, size_t k)
 			r = d->ops.copy_from_device(d, buf, m, idx, k);
 			if (!r)
 				r = uffd_copy(h->uffd, p[0].addr, buf, len, false, &done);
-			staging_put(h, buf, slot);
+			copy_buf_put(h, d, buf, slot);
 		}
 		stat_add(h, ST_COPY_CALLS, 1);
 	}
@@ -203,7 +231,7 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	}
 	int slot = -1;
 	bool direct = m->host && !m->host_registered;  /* a plain pool: read straight into it */
-	char *buf = direct ? dpage_host(m, p[0].dp) : staging_get(h, &slot);
+	char *buf = direct ? dpage_host(m, p[0].dp) : copy_buf_get(h, d, &slot);
 	if (!buf) {
 		r = -ENOMEM;
 		goto undo;
@@ -251,8 +279,7 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		if (r)
 			goto undo;
 	}
-	if (slot >= 0)
-		staging_put(h, buf, slot);
+	copy_buf_put(h, d, buf, slot);
 	stat_add(h, ST_COPY_CALLS, 1);
 	/* The discard waits for the service thread: out of the gate.  A page
 	 * mremap moved or munmap took meanwhile was not discarded here (its
@@ -277,8 +304,7 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	stat_add(h, ST_FALLBACK, k);
 	return;
 undo:
-	if (slot >= 0)
-		staging_put(h, buf, slot);
+	copy_buf_put(h, d, buf, slot);
 	uffd_wp(h->uffd, a, len, false); /* wakes writers that waited */
 	for (size_t i = 0; i < k; i++)
 		p[i].err = r ? r : -EIO;

@@ -38,7 +38,11 @@
  *   driver calls but never while waiting for uhmm (no page lock is taken
  *   under it), and nothing touches managed memory while holding it, so the
  *   copy callbacks may take it in the SIGBUS handler.  Copies are
- *   serialised per device (one pinned staging buffer, one stream).
+ *   serialised per device (one stream).  Host data goes through pinned
+ *   memory: the buffers lent to the core (dma_buf_get: the core reads
+ *   pages into them and installs pages from them, so a copy is one DMA),
+ *   else our bounce buffer, with memcpy of a piece overlapping the DMA of
+ *   the previous one.
  *
  * Driver calls need the device's context current: each entry point makes
  * it current on the calling thread and restores what was current before.
@@ -359,6 +363,7 @@ UHMM_API void *uhmm_cuda_driver_symbol(const char *name)
 #define NPIECE   8                           /* copy pipeline depth */
 #define PIECE    (GPAGES / NPIECE)           /* pages per pipelined piece */
 #define NO_CHUNK UINT32_MAX
+#define NDMA     4                           /* pinned buffers lent to the core */
 
 struct chunk {
 	CUmemGenericAllocationHandle handle;
@@ -395,7 +400,9 @@ struct cuda_dev {
 	bool ctx_retained;
 	CUstream stream;
 	CUevent ev[NPIECE];
-	char *pinned;               /* GRAN bytes of pinned staging */
+	char *pinned;               /* (1 + NDMA) * GRAN of pinned memory: our bounce
+	                               buffer, then the buffers lent by dma_buf_get */
+	_Atomic unsigned dma_busy;  /* lent buffers (bit i: pinned + (1 + i) * GRAN) */
 
 	pthread_mutex_t lock;
 	CUdeviceptr pool;           /* nchunks * GRAN reserved */
@@ -587,16 +594,49 @@ static uint32_t slot_get(const struct cuda_dev *b, size_t idx)
 
 /* ---- copies ---- */
 
-/* Queue copies of pages [i0, i1) of a call between their slots and the
- * pinned buffer, one copy per run of consecutive slots. */
-static int queue_copies(struct cuda_dev *b, const size_t *idx, size_t i0, size_t i1, bool to_dev)
+/* ops.dma_buf_get/put: lend the core a pinned buffer, so that it reads
+ * migrating pages straight into memory the copy engines can reach and
+ * installs returning pages straight from it (no bounce copy here).
+ * Lock-free: called in signal handlers too. */
+static void *cuda_dma_buf_get(struct uhmm_device *dev)
+{
+	struct cuda_dev *b = dev->priv;
+	unsigned busy = atomic_load(&b->dma_busy);
+	for (unsigned i = 0; i < NDMA; i++) {
+		if (busy & (1u << i))
+			continue;
+		if (!(atomic_fetch_or(&b->dma_busy, 1u << i) & (1u << i)))
+			return b->pinned + (1 + i) * GRAN;
+	}
+	return NULL;
+}
+
+static void cuda_dma_buf_put(struct uhmm_device *dev, void *buf)
+{
+	struct cuda_dev *b = dev->priv;
+	size_t i = (size_t)((char *)buf - b->pinned) / GRAN - 1;
+	atomic_fetch_and(&b->dma_busy, ~(1u << i));
+}
+
+/* Is [p, p + len) inside a lent buffer (pinned: the DMA can use it)? */
+static bool is_dma_buf(const struct cuda_dev *b, const void *p, size_t len)
+{
+	const char *c = p;
+	return c >= b->pinned + GRAN && c + len <= b->pinned + (1 + NDMA) * GRAN;
+}
+
+/* Queue copies of pages [i0, i1) of a call between their slots and
+ * pinned host buffer buf (page i at buf + i pages), one copy per run of
+ * consecutive slots. */
+static int queue_copies(struct cuda_dev *b, char *buf, const size_t *idx, size_t i0, size_t i1,
+                        bool to_dev)
 {
 	for (size_t i = i0; i < i1;) {
 		uint32_t s = slot_get(b, idx[i]) - 1;
 		size_t k = 1;
 		while (i + k < i1 && slot_get(b, idx[i + k]) - 1 == s + k)
 			k++;
-		char *host = b->pinned + i * PAGE_SIZE;
+		char *host = buf + i * PAGE_SIZE;
 		CUresult r = to_dev ? D.cuMemcpyHtoDAsync(slot_addr(b, s), host, k * PAGE_SIZE, b->stream)
 		                    : D.cuMemcpyDtoHAsync(host, slot_addr(b, s), k * PAGE_SIZE, b->stream);
 		if (r != CUDA_SUCCESS)
@@ -648,12 +688,17 @@ static int cuda_copy_to(struct uhmm_device *dev, struct uhmm_devmem *m, const si
 			goto undo;
 		b->slot_of[idx[got]] = s + 1;
 	}
-	for (size_t i = 0; i < npages; i += PIECE) {
-		size_t k = MIN(PIECE, npages - i);
-		memcpy(b->pinned + i * PAGE_SIZE, (const char *)src + i * PAGE_SIZE, k * PAGE_SIZE);
-		e = queue_copies(b, idx, i, i + k, true);
-		if (e)
-			break;
+	if (is_dma_buf(b, src, npages * PAGE_SIZE)) {
+		e = queue_copies(b, (char *)src, idx, 0, npages, true);
+	} else {
+		for (size_t i = 0; i < npages; i += PIECE) {
+			size_t k = MIN(PIECE, npages - i);
+			memcpy(b->pinned + i * PAGE_SIZE, (const char *)src + i * PAGE_SIZE,
+			       k * PAGE_SIZE);
+			e = queue_copies(b, b->pinned, idx, i, i + k, true);
+			if (e)
+				break;
+		}
 	}
 	CUresult r = D.cuStreamSynchronize(b->stream);
 	if (!e && r != CUDA_SUCCESS)
@@ -691,9 +736,18 @@ static int cuda_copy_from(struct uhmm_device *dev, void *dst, struct uhmm_devmem
 			e = -EIO;
 			goto out;
 		}
+	if (is_dma_buf(b, dst, npages * PAGE_SIZE)) {
+		e = queue_copies(b, dst, idx, 0, npages, false);
+		CUresult r = D.cuStreamSynchronize(b->stream);
+		if (!e && r != CUDA_SUCCESS)
+			e = cu_fail(b, "cuStreamSynchronize", r);
+		if (!e)
+			atomic_fetch_add(&b->bytes_from, npages * PAGE_SIZE);
+		goto out;
+	}
 	for (size_t i = 0, p = 0; i < npages; i += PIECE, p++) {
 		size_t k = MIN(PIECE, npages - i);
-		e = queue_copies(b, idx, i, i + k, false);
+		e = queue_copies(b, b->pinned, idx, i, i + k, false);
 		if (e)
 			break;
 		CUresult r = D.cuEventRecord(b->ev[p], b->stream);
@@ -982,6 +1036,23 @@ static int map_granule(struct cuda_dev *b, uintptr_t rstart, uintptr_t rend, uin
 	return MAP_RETRY;
 }
 
+/* Is granule ga of the vspace starting at vstart mapped?  Then every page
+ * of it is on this GPU (the invalidation of any change unmaps it first):
+ * a prefetch has nothing to do there, and a launch checks residency at the
+ * cost of a lookup instead of three passes over 512 page entries. */
+static bool granule_mapped(struct cuda_dev *b, uintptr_t vstart, uintptr_t ga)
+{
+	bool yes = false;
+	pthread_mutex_lock(&b->lock);
+	for (struct vspace *vs = b->vspaces; vs; vs = vs->next)
+		if (!vs->dead && vs->start == vstart) {
+			yes = vs->map[(ga - vstart) / GRAN] != NO_CHUNK;
+			break;
+		}
+	pthread_mutex_unlock(&b->lock);
+	return yes;
+}
+
 /* Prefetch the granules of managed range [rs, re) that meet [a, e). */
 static int prefetch_range(struct cuda_dev *b, uintptr_t rs, uintptr_t re, uintptr_t a,
                           uintptr_t e, struct uhmm_range_entry *ent,
@@ -1006,6 +1077,10 @@ static int prefetch_range(struct cuda_dev *b, uintptr_t rs, uintptr_t re, uintpt
 		size_t n = (ge - gs) / PAGE_SIZE;
 		int st = MAP_NOT_LOCAL;
 		struct uhmm_migrate_result res = { 0, 0 };
+		if (granule_mapped(b, vstart, ga)) {
+			tot->migrated += n;
+			continue;
+		}
 		for (int attempt = 0; attempt < 4 && st == MAP_NOT_LOCAL; attempt++) {
 			/* Populate never-touched pages (a kernel may write them)
 			 * and bring pages of other devices home. */
@@ -1271,6 +1346,8 @@ static const struct uhmm_device_ops cuda_ops = {
 	.copy_from_device = cuda_copy_from,
 	.page_free = cuda_page_free,
 	.destroy = cuda_destroy,
+	.dma_buf_get = cuda_dma_buf_get,
+	.dma_buf_put = cuda_dma_buf_put,
 };
 
 static const struct uhmm_mirror_ops cuda_mirror_ops = {
@@ -1345,7 +1422,7 @@ static int cuda_setup(struct cuda_dev *b, const struct uhmm_cuda_options *opts)
 		e = cu_fail(NULL, "cuMemAddressReserve", r);
 		goto out;
 	}
-	r = D.cuMemHostAlloc((void **)&b->pinned, GRAN, CU_MEMHOSTALLOC_PORTABLE);
+	r = D.cuMemHostAlloc((void **)&b->pinned, (1 + NDMA) * GRAN, CU_MEMHOSTALLOC_PORTABLE);
 	if (r != CUDA_SUCCESS) {
 		b->pinned = NULL;
 		e = cu_fail(NULL, "cuMemHostAlloc", r);
