@@ -21,6 +21,7 @@
  * Without a usable driver the cases are skipped, with the reason.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -372,6 +373,50 @@ static int prefetch_all(const char *cname, struct gpu *g, void *p, size_t len)
 
 /* ---- cuda-migrate ---- */
 
+#define MT 4 /* threads of the parallel migration rows */
+
+struct mt_arg {
+	const char *cname;
+	struct gpu *g;
+	char *p;
+	size_t len;
+	struct uhmm_device *to;
+	int rc;
+};
+
+static void *mt_main(void *a)
+{
+	struct mt_arg *m = a;
+	m->rc = migrate_all(m->cname, m->g, m->p, m->len, m->to);
+	return NULL;
+}
+
+/* MT threads migrate a part of [p, p + len) each; seconds, < 0 failed. */
+static double migrate_mt(const char *cname, struct gpu *g, char *p, size_t len,
+                         struct uhmm_device *to)
+{
+	struct mt_arg a[MT];
+	pthread_t t[MT];
+	size_t part = len / MT / UHMM_CUDA_GRANULE * UHMM_CUDA_GRANULE;
+	int rc = 0, started = 0;
+	double t0 = now_s();
+	for (int i = 0; i < MT; i++) {
+		size_t off = (size_t)i * part;
+		a[i] = (struct mt_arg){ cname, g, p + off, i == MT - 1 ? len - off : part, to, 0 };
+		if (pthread_create(&t[i], NULL, mt_main, &a[i])) {
+			bench_error(cname, "pthread_create failed");
+			rc = -1;
+			break;
+		}
+		started++;
+	}
+	for (int i = 0; i < started; i++) {
+		pthread_join(t[i], NULL);
+		rc |= a[i].rc;
+	}
+	return rc ? -1 : now_s() - t0;
+}
+
 int case_cuda_migrate(void)
 {
 	const char *cname = "cuda-migrate";
@@ -379,6 +424,7 @@ int case_cuda_migrate(void)
 	struct gpu g;
 	char *p = NULL;
 	uint64_t *host = NULL;
+	char *pageable = NULL;
 	CUdeviceptr dbuf = 0;
 	int ret = -1;
 
@@ -401,10 +447,23 @@ int case_cuda_migrate(void)
 		p = NULL;
 		goto out;
 	}
+	/* The driver's own path from memory it did not allocate (plain pages,
+	 * like uhmm's): staged through its pinned buffers. */
+	pageable = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (pageable == MAP_FAILED) {
+		pageable = NULL;
+		bench_error(cname, "mmap %zu bytes: %s", len, strerror(errno));
+		goto out;
+	}
+	memcpy(pageable, host, len);
 
 	struct row *to = row_new(cname, "host->GPU migrate", U_GBPS, "cuMemcpyHtoD pinned");
 	struct row *pf = row_new(cname, "host->GPU prefetch", U_GBPS, "cuMemcpyHtoD pinned");
 	struct row *back = row_new(cname, "GPU->host migrate", U_GBPS, "cuMemcpyDtoH pinned");
+	struct row *pg = row_new(cname, "host->GPU migrate", U_GBPS, "cuMemcpyHtoD pageable");
+	struct row *pgb = row_new(cname, "GPU->host migrate", U_GBPS, "cuMemcpyDtoH pageable");
+	struct row *mto = row_new(cname, "host->GPU 4 threads", U_GBPS, "cuMemcpyHtoD pinned");
+	struct row *mback = row_new(cname, "GPU->host 4 threads", U_GBPS, "cuMemcpyDtoH pinned");
 	progress(cname, g.label, -1, bopt.reps);
 	/* Warm-up: GPU chunks created, staging buffers and page tables built. */
 	if (migrate_all(cname, &g, p, len, g.d) || migrate_all(cname, &g, p, len, NULL) ||
@@ -439,9 +498,31 @@ int case_cuda_migrate(void)
 		series_add(&pf->val, gbps(len, now_s() - t));
 		if (migrate_all(cname, &g, p, len, NULL))
 			goto out_rows;
+
+		/* Pageable baselines, against this repetition's uhmm figures. */
+		t = now_s();
+		if (CU(cname, drv.htod(dbuf, pageable, len)))
+			goto out_rows;
+		series_add(&pg->base, gbps(len, now_s() - t));
+		series_add(&pg->val, to->val.v[to->val.n - 1]);
+		t = now_s();
+		if (CU(cname, drv.dtoh(pageable, dbuf, len)))
+			goto out_rows;
+		series_add(&pgb->base, gbps(len, now_s() - t));
+		series_add(&pgb->val, back->val.v[back->val.n - 1]);
+
+		/* The same migration split over MT threads. */
+		if ((t = migrate_mt(cname, &g, p, len, g.d)) < 0)
+			goto out_rows;
+		series_add(&mto->val, gbps(len, t));
+		series_add(&mto->base, to->base.v[to->base.n - 1]);
+		if ((t = migrate_mt(cname, &g, p, len, NULL)) < 0)
+			goto out_rows;
+		series_add(&mback->val, gbps(len, t));
+		series_add(&mback->base, back->base.v[back->base.n - 1]);
 	}
 	size_t bad = bad_words((uint64_t *)p, n, want_pat, 0);
-	size_t badb = bad_words(host, n, want_pat, 0);
+	size_t badb = bad_words(host, n, want_pat, 0) + bad_words((uint64_t *)pageable, n, want_pat, 0);
 	if (bad || badb)
 		bench_error(cname, "%zu words wrong after the round trips (%zu in the baseline)", bad,
 		            badb);
@@ -453,7 +534,14 @@ out_rows:
 	row_finish(back, CMP_GE, 0.9, false);
 	snprintf(pf->note, sizeof(pf->note), "uhmm_cuda_prefetch: migration + mapping into the mirror");
 	row_finish(pf, CMP_GE, 0.9, true);
+	row_finish(pg, CMP_GE, 0.9, true);
+	row_finish(pgb, CMP_GE, 0.9, true);
+	snprintf(mto->note, sizeof(mto->note), "%d threads, one uhmm_migrate of a quarter each", MT);
+	row_finish(mto, CMP_GE, 0.9, true);
+	row_finish(mback, CMP_GE, 0.9, true);
 out:
+	if (pageable)
+		munmap(pageable, len);
 	managed_unmap(cname, &g, p, len);
 	if (dbuf)
 		drv.free(dbuf);
