@@ -74,6 +74,13 @@ struct uhmm_options {
 	unsigned spin_us;                /* THREAD mode: how long the service thread keeps polling
 	                                    after a fault before it sleeps; 0 = default (50),
 	                                    (env UHMM_SPIN_US; a value of 1 means "do not spin") */
+	unsigned fault_ahead;            /* fault-ahead: once a CPU thread reads device-resident
+	                                    memory sequentially (its fault-around granule has
+	                                    grown to 2 MiB), worker threads bring the next
+	                                    fault_ahead 2 MiB granules home in the background.
+	                                    0 = off (default; env UHMM_FAULT_AHEAD), at most 16;
+	                                    min(fault_ahead, 4) worker threads.  A migration to a
+	                                    device cancels what was queued before it started. */
 };
 
 /*
@@ -354,6 +361,7 @@ struct uhmm_stats {
 	uint64_t deferred_faults; /* faults that found their page busy and were retried */
 	uint64_t events;          /* userfaultfd events (unmap, remove, remap) handled */
 	uint64_t pages_poisoned;
+	uint64_t pages_ahead;     /* pages fault-ahead brought home */
 };
 
 /* Snapshot of the counters (each read atomically, not all at one instant). */

@@ -98,6 +98,10 @@ static int resolve_options(const struct uhmm_options *o, struct uhmm_options *ou
 		out->fault_around = env_uint("UHMM_FAULT_AROUND", DEFAULT_FAULT_AROUND);
 	if (!out->spin_us)
 		out->spin_us = env_uint("UHMM_SPIN_US", DEFAULT_SPIN_US);
+	if (!out->fault_ahead)
+		out->fault_ahead = env_uint("UHMM_FAULT_AHEAD", 0);
+	if (out->fault_ahead > AHEAD_MAX)
+		out->fault_ahead = AHEAD_MAX;
 	if (env_uint("UHMM_NO_MOVE", 0))
 		out->flags |= UHMM_OPT_NO_MOVE;
 	unsigned fa = out->fault_around ? out->fault_around : 1;
@@ -179,6 +183,8 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	if (h->mode == UHMM_FAULT_SIGBUS)
 		sigbus_track_fd(h->uffd, true);
 	r = service_start(h);
+	if (!r && (r = ahead_start(h, o.fault_ahead)))
+		service_stop(h);
 	if (r) {
 		if (h->mode == UHMM_FAULT_SIGBUS) {
 			sigbus_track_fd(h->uffd, false);
@@ -212,6 +218,7 @@ UHMM_API int uhmm_close(struct uhmm *h)
 		return -EINVAL;
 	if (h->pid != getpid())
 		return -ECHILD; /* a forked child's copy: nothing of it is live here */
+	ahead_stop(h); /* no migration of ours may outlive what it uses */
 	/* Devices first: their memory comes home. */
 	for (int i = 0; i < MAX_DEVICES; i++) {
 		struct uhmm_device *d = atomic_load(&h->devices[i]);

@@ -64,18 +64,44 @@ static void granule(struct uhmm *h, const struct range_ent *r, uintptr_t page, u
 {
 	size_t g = h->fault_around;
 	struct ra_state *s = ra_for(h, tid);
-	if (g > 1 && page == s->next) {
-		g = MIN((size_t)BATCH_PAGES, 2 * (size_t)s->pages);
+	/* A fault inside what fault-ahead was asked for continues the stream
+	 * too: the workers got there first, or are on it. */
+	bool ahead = page > s->next && page <= s->ahead;
+	if (g > 1 && (page == s->next || ahead)) {
+		g = ahead ? BATCH_PAGES : MIN((size_t)BATCH_PAGES, 2 * (size_t)s->pages);
 		*lo = page;
 		*hi = MIN(page + g * PAGE_SIZE, r->end);
 	} else {
 		size_t bytes = g * PAGE_SIZE;
 		*lo = MAX(page & ~(bytes - 1), r->start);
 		*hi = MIN((page & ~(bytes - 1)) + bytes, r->end);
+		s->ahead = 0;
 	}
 	if (h->fault_around > 1) {
 		s->pages = (unsigned)g;
 		s->next = *hi;
+	}
+}
+
+/*
+ * Fault-ahead: a stream at full granule asks the workers for the next
+ * h->ahead.granules granules (ahead.c), keeping that much queued ahead of
+ * the thread, one request per granule so that the workers share them.
+ * Queued before the thread resolves its own granule: both proceed at once.
+ * Async-signal-safe.
+ */
+static void fault_ahead(struct uhmm *h, const struct range_ent *r, uint32_t tid, uintptr_t lo,
+                        uintptr_t hi)
+{
+	const uintptr_t G = (uintptr_t)BATCH_PAGES * PAGE_SIZE;
+	struct ra_state *s = ra_for(h, tid);
+	if (!h->ahead.granules || hi - lo < G)
+		return;
+	uintptr_t to = MIN(r->end, hi + (uintptr_t)h->ahead.granules * G);
+	for (uintptr_t from = MAX(hi, s->ahead); from < to; from += G) {
+		if (!ahead_queue(h, from, MIN(from + G, to)))
+			break;
+		s->ahead = MIN(from + G, to);
 	}
 }
 
@@ -167,6 +193,7 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 {
 	uintptr_t lo, hi;
 	granule(h, r, page, tid, &lo, &hi);
+	fault_ahead(h, r, tid, lo, hi);
 	struct mpage p[BATCH_PAGES];
 	size_t n = 0, me = 0;
 	for (uintptr_t a = lo; a < hi; a += PAGE_SIZE) {

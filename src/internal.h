@@ -372,7 +372,7 @@ int page_is_zero(uintptr_t addr);
 enum {
 	ST_CPU_FAULTS, ST_TO_DEVICE, ST_TO_SYSTEM, ST_DEVICE_FAULTS, ST_INVALIDATIONS,
 	ST_SKIPPED, ST_ZERO_FILLED, ST_MOVE_CALLS, ST_COPY_CALLS, ST_FALLBACK,
-	ST_DEFERRED, ST_EVENTS, ST_POISONED, ST__COUNT
+	ST_DEFERRED, ST_EVENTS, ST_POISONED, ST_AHEAD, ST__COUNT
 };
 
 /* A faulting thread's sequential stream: where its last granule ended. */
@@ -382,6 +382,26 @@ struct ra_state {
 	uint32_t tid;
 	unsigned pages;
 	uintptr_t next;
+	uintptr_t ahead;   /* end of what fault-ahead was asked to bring home */
+};
+
+/* Fault-ahead (ahead.c, which states the rules). */
+#define AHEAD_SLOTS       32
+#define AHEAD_MAX_WORKERS 4
+#define AHEAD_MAX         16 /* granules a stream may have queued ahead */
+struct ahead_req {
+	_Atomic unsigned state;
+	uintptr_t start, end;
+	uint64_t epoch;
+};
+struct ahead {
+	unsigned granules;           /* option: 2 MiB granules ahead of a stream (0: off) */
+	unsigned nworkers;
+	pthread_t tid[AHEAD_MAX_WORKERS];
+	_Atomic uint32_t seq;        /* futex word: bumped per request and at stop */
+	_Atomic bool stop;
+	_Atomic uint64_t epoch;      /* bumped by every migration to a device */
+	struct ahead_req req[AHEAD_SLOTS];
 };
 
 struct staging {
@@ -421,6 +441,7 @@ struct uhmm {
 	_Atomic uintptr_t selfremove_start, selfremove_end;
 
 	struct staging staging;
+	struct ahead ahead;
 	pthread_mutex_t remap_lock;     /* pending moves of busy entries (mremap) */
 	struct remap_pending *remaps;
 	_Atomic uint64_t stats[ST__COUNT];
@@ -434,6 +455,17 @@ static inline void stat_add(struct uhmm *h, int i, uint64_t n)
 
 /* Staging buffers of BATCH_PAGES pages (signal-safe). */
 char *staging_get(struct uhmm *h, int *slot);
+
+/* ahead.c */
+struct mpage;
+int ahead_start(struct uhmm *h, unsigned granules);
+void ahead_stop(struct uhmm *h);
+bool ahead_queue(struct uhmm *h, uintptr_t start, uintptr_t end); /* async-signal-safe */
+void ahead_cancel(struct uhmm *h);
+/* migrate.c: bring device pages of [a, end) home for fault-ahead, giving up
+ * a window when h->ahead.epoch moved past `epoch`; pages brought home. */
+size_t migrate_home_ahead(struct uhmm *h, uintptr_t a, uintptr_t end, uint64_t epoch,
+                          struct mpage *p);
 void staging_put(struct uhmm *h, char *buf, int slot);
 
 /* ------------------------------------------------------------------------

@@ -591,11 +591,13 @@ static int coherent_range_home(struct uhmm *h, uintptr_t a, uintptr_t end)
  * One window [b, *be) of uhmm_migrate (at most a batch, clipped to its
  * range).  Returns true if the kernel refused a call because the mm was
  * changing: the caller does the window again (pages already where they
- * should be count as migrated then).
+ * should be count as migrated then).  epoch != 0 (fault-ahead, to system
+ * only): the window is given up, once its pages are locked, if a migration
+ * to a device started since the request was queued.
  */
 static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct uhmm_device *to,
                            struct mpage *p, struct uhmm_dpage **dps, size_t *migrated,
-                           size_t *skipped)
+                           size_t *skipped, size_t *moved, uint64_t epoch)
 {
 	uintptr_t be = *bep;
 	struct range_ent re;
@@ -640,6 +642,12 @@ static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct u
 			(*skipped)++;
 		page_unlock(h, e, v);
 	}
+	if (epoch && atomic_load(&h->ahead.epoch) != epoch) {
+		for (size_t i = 0; i < n; i++)
+			page_unlock(h, p[i].e, p[i].old);
+		*skipped += n;
+		return false;
+	}
 	if (to) {
 		/* Allocation may empty dirty pool slots (madvise): before the gate. */
 		size_t got = devmem_alloc(to, n, dps);
@@ -676,12 +684,30 @@ static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct u
 		else if (p[i].err)
 			(*skipped)++;
 		else
-			(*migrated)++;
+			(*migrated)++, *moved += 1;
 		mpage_unlock(h, &p[i]);
 	}
 	if (!to && n)
 		wake_range(h, b, be - b);
 	return again;
+}
+
+size_t migrate_home_ahead(struct uhmm *h, uintptr_t a, uintptr_t end, uint64_t epoch,
+                          struct mpage *p)
+{
+	size_t pages = 0;
+	for (uintptr_t b = a, be; b < end && atomic_load(&h->ahead.epoch) == epoch; b = be) {
+		be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
+		size_t mig, skip;
+		for (;;) {
+			mig = skip = 0;
+			bool again = migrate_window(h, b, &be, NULL, p, NULL, &mig, &skip, &pages, epoch);
+			if (!again)
+				break;
+			gate_wait_service(h);
+		}
+	}
+	return pages;
 }
 
 /* ---- the public call ---- */
@@ -704,6 +730,7 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 	                 : range_covered_any(h, a, end)))
 		return -EINVAL;
 	if (to) {
+		ahead_cancel(h); /* before any page is locked: see ahead.c */
 		pthread_rwlock_rdlock(&h->fork_lock);
 		if (h->mode == UHMM_FAULT_SIGBUS)
 			sigbus_install(); /* still first in line (a test framework may have replaced it) */
@@ -723,12 +750,12 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 		coherent_range_home(h, a, end);
 	for (uintptr_t b = a, be; b < end; b = be) {
 		be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
-		size_t mig, skip;
+		size_t mig, skip, moved_now = 0;
 		/* A window the mm was changing under (its event unread) is done
 		 * again once that event is handled. */
 		for (;;) {
 			mig = skip = 0;
-			if (!migrate_window(h, b, &be, to, p, dps, &mig, &skip))
+			if (!migrate_window(h, b, &be, to, p, dps, &mig, &skip, &moved_now, 0))
 				break;
 			gate_wait_service(h);
 		}

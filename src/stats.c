@@ -17,6 +17,7 @@ UHMM_API int uhmm_stats_get(struct uhmm *h, struct uhmm_stats *out)
 	out->move_calls = LOAD(ST_MOVE_CALLS);
 	out->copy_calls = LOAD(ST_COPY_CALLS);
 	out->fallback_pages = LOAD(ST_FALLBACK);
+	out->pages_ahead = LOAD(ST_AHEAD);
 	out->deferred_faults = LOAD(ST_DEFERRED);
 	out->events = LOAD(ST_EVENTS);
 	out->pages_poisoned = LOAD(ST_POISONED);
