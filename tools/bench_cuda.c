@@ -177,7 +177,7 @@ struct gpu {
 	struct uhmm *h;
 	struct uhmm_device *d;
 	void *fill, *saxpy; /* CUfunction */
-	char label[16];
+	char label[24];
 };
 
 /* Once per run: is there a GPU?  The reason goes to the table when not. */
@@ -211,9 +211,9 @@ static void gpu_close(const char *cname, struct gpu *g)
 	g->h = NULL;
 }
 
-static int gpu_open(const char *cname, struct gpu *g, enum uhmm_fault_mode mode)
+static int gpu_open(const char *cname, struct gpu *g, enum uhmm_fault_mode mode, unsigned ahead)
 {
-	struct uhmm_options o = { .fault_mode = mode };
+	struct uhmm_options o = { .fault_mode = mode, .fault_ahead = ahead };
 	int r;
 
 	memset(g, 0, sizeof(*g));
@@ -236,8 +236,11 @@ static int gpu_open(const char *cname, struct gpu *g, enum uhmm_fault_mode mode)
 		            uhmm_cuda_last_error(g->d));
 		goto fail;
 	}
-	snprintf(g->label, sizeof(g->label), "%s",
-	         uhmm_fault_mode(g->h) == UHMM_FAULT_SIGBUS ? "sigbus" : "thread");
+	const char *m = uhmm_fault_mode(g->h) == UHMM_FAULT_SIGBUS ? "sigbus" : "thread";
+	if (ahead)
+		snprintf(g->label, sizeof(g->label), "%s, ahead %u", m, ahead);
+	else
+		snprintf(g->label, sizeof(g->label), "%s", m);
 	return 0;
 fail:
 	gpu_close(cname, g);
@@ -430,7 +433,7 @@ int case_cuda_migrate(void)
 
 	if (!gpu_present(cname))
 		return 0;
-	if (gpu_open(cname, &g, UHMM_FAULT_AUTO))
+	if (gpu_open(cname, &g, UHMM_FAULT_AUTO, 0))
 		return -1;
 	/* uhmm's copy and the baseline's buffer: twice the size. */
 	if (!gpu_room(cname, 2 * len)) {
@@ -565,7 +568,7 @@ static double read_pages(const char *p, size_t len, uint64_t *sum)
 	return t;
 }
 
-static int fault_back_mode(const char *cname, enum uhmm_fault_mode mode)
+static int fault_back_mode(const char *cname, enum uhmm_fault_mode mode, unsigned ahead)
 {
 	const size_t len = bopt.size;
 	struct gpu g;
@@ -574,7 +577,7 @@ static int fault_back_mode(const char *cname, enum uhmm_fault_mode mode)
 	int ret = -1;
 	uint32_t v = 0;
 
-	if (gpu_open(cname, &g, mode))
+	if (gpu_open(cname, &g, mode, ahead))
 		return -1;
 	if (!gpu_room(cname, 2 * len)) {
 		gpu_close(cname, &g);
@@ -625,6 +628,10 @@ static int fault_back_mode(const char *cname, enum uhmm_fault_mode mode)
 out_row:
 	snprintf(r->note, sizeof(r->note),
 	         "%zu MiB written by a GPU kernel, then one CPU read per page in order", len >> 20);
+	if (ahead)
+		snprintf(r->note, sizeof(r->note),
+		         "the same with fault-ahead: %u granules of 2 MiB brought home in the background",
+		         ahead);
 	row_finish(r, CMP_LE, 1.0, false);
 out:
 	managed_unmap(cname, &g, p, len);
@@ -638,8 +645,12 @@ int case_cuda_fault_back(void)
 {
 	if (!gpu_present("cuda-fault-back"))
 		return 0;
-	int r = fault_back_mode("cuda-fault-back", UHMM_FAULT_THREAD);
-	return fault_back_mode("cuda-fault-back", UHMM_FAULT_SIGBUS) | r;
+	int r = 0;
+	for (unsigned ahead = 0; ahead <= 8; ahead += 4) {
+		r |= fault_back_mode("cuda-fault-back", UHMM_FAULT_THREAD, ahead);
+		r |= fault_back_mode("cuda-fault-back", UHMM_FAULT_SIGBUS, ahead);
+	}
+	return r;
 }
 
 /* ---- cuda-saxpy ---- */
@@ -702,7 +713,7 @@ static int saxpy_size(const char *cname, size_t total)
 	int ret = -1, k = 0, kb = 0;
 	char var[32];
 
-	if (gpu_open(cname, &g, UHMM_FAULT_AUTO))
+	if (gpu_open(cname, &g, UHMM_FAULT_AUTO, 0))
 		return -1;
 	if (!gpu_room(cname, 2 * total)) {
 		gpu_close(cname, &g);
