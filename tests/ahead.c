@@ -20,6 +20,15 @@ static struct uhmm *open_ahead(void **state, unsigned granules)
 	return t_open_opts(state, &o);
 }
 
+/* n pages of managed memory holding pattern `seed`, all on device d. */
+static void *on_device(struct uhmm *h, struct uhmm_device *d, size_t n, unsigned seed)
+{
+	void *p = t_alloc(h, n);
+	fill_pages(p, 0, n, seed);
+	assert_migrate(h, p, n * PS(), d, n, 0);
+	return p;
+}
+
 /* Read one word of every page of [first, first + n), in order. */
 static void stream_read(void *p, size_t first, size_t n)
 {
@@ -59,11 +68,8 @@ static size_t wait_count(struct uhmm *h, void *p, size_t first, size_t n, size_t
 static void ahead_stream_dummy(void **state)
 {
 	struct uhmm *h = open_ahead(state, 2);
-	struct uhmm_device *d = t_dummy(h);
 	const size_t n = 8 * GRAN_PAGES;
-	void *p = t_alloc(h, n);
-	fill_pages(p, 0, n, 7);
-	assert_migrate(h, p, n * PS(), d, n, 0);
+	void *p = on_device(h, t_dummy(h), n, 7);
 
 	/* Reading the first 2 MiB grows the fault granule to 2 MiB; the
 	 * first full granule queues the next 2, one request each. */
@@ -88,9 +94,7 @@ static void ahead_stream_copydev(void **state)
 	struct uhmm *h = open_ahead(state, 4);
 	const size_t n = 6 * GRAN_PAGES;
 	struct tdev *t = tdev_create(h, false, n);
-	void *p = t_alloc(h, n);
-	fill_pages(p, 0, n, 8);
-	assert_migrate(h, p, n * PS(), t->dev, n, 0);
+	void *p = on_device(h, t->dev, n, 8);
 	stream_read(p, 0, n);
 	assert_pages(p, 0, n, 8);
 	assert_int_equal(wait_count(h, p, 0, n, n), n);
@@ -106,10 +110,10 @@ static void ahead_cancelled_by_migrate(void **state)
 	struct uhmm *h = open_ahead(state, 16);
 	struct uhmm_device *d = t_dummy(h);
 	const size_t n = 24 * GRAN_PAGES;
-	void *p = t_alloc(h, n);
-	fill_pages(p, 0, n, 9);
+	void *p = on_device(h, d, n, 9);
 	for (int round = 0; round < 5; round++) {
-		assert_migrate(h, p, n * PS(), d, n, 0);
+		if (round)
+			assert_migrate(h, p, n * PS(), d, n, 0);
 		stream_read(p, 0, GRAN_PAGES + 1); /* queues up to 16 granules */
 		assert_migrate(h, p, n * PS(), d, n, 0);
 		/* Give queued requests every chance to run: none may act. */
@@ -126,11 +130,8 @@ static void ahead_off_by_default(void **state)
 	if (getenv("UHMM_FAULT_AHEAD"))
 		skip();
 	struct uhmm *h = t_open(state);
-	struct uhmm_device *d = t_dummy(h);
 	const size_t n = 4 * GRAN_PAGES;
-	void *p = t_alloc(h, n);
-	fill_pages(p, 0, n, 10);
-	assert_migrate(h, p, n * PS(), d, n, 0);
+	void *p = on_device(h, t_dummy(h), n, 10);
 	stream_read(p, 0, GRAN_PAGES + 1);
 	usleep(50000);
 	assert_int_equal(t_stats(h).pages_ahead, 0);
@@ -143,11 +144,8 @@ static void ahead_off_by_default(void **state)
 static void ahead_close_while_busy(void **state)
 {
 	struct uhmm *h = open_ahead(state, 16);
-	struct uhmm_device *d = t_dummy(h);
 	const size_t n = 32 * GRAN_PAGES;
-	void *p = t_alloc(h, n);
-	fill_pages(p, 0, n, 11);
-	assert_migrate(h, p, n * PS(), d, n, 0);
+	void *p = on_device(h, t_dummy(h), n, 11);
 	stream_read(p, 0, GRAN_PAGES + 1);
 	t_close(h); /* workers stopped first, then every page comes home */
 	assert_pages(p, 0, n, 11);

@@ -42,77 +42,7 @@ typedef unsigned long long CUdeviceptr;
 
 #define CU_MEM_ATTACH_GLOBAL 0x1
 
-/*
- * fill(u32 *p, u32 v, u64 n): p[i] = v.
- * saxpy(f32 *x, f32 *y, f32 a, u64 n): y[i] = a * x[i] + y[i].
- * One thread per element, 64-bit indices (8 GiB needs them).
- */
-static const char bench_ptx[] =
-	".version 6.0\n"
-	".target sm_50\n"
-	".address_size 64\n"
-	"\n"
-	".visible .entry uhmm_fill(\n"
-	"\t.param .u64 p_ptr,\n"
-	"\t.param .u32 p_val,\n"
-	"\t.param .u64 p_n\n"
-	")\n"
-	"{\n"
-	"\t.reg .pred %p<2>;\n"
-	"\t.reg .b32 %r<5>;\n"
-	"\t.reg .b64 %rd<8>;\n"
-	"\tld.param.u64 %rd1, [p_ptr];\n"
-	"\tld.param.u32 %r1, [p_val];\n"
-	"\tld.param.u64 %rd2, [p_n];\n"
-	"\tcvta.to.global.u64 %rd3, %rd1;\n"
-	"\tmov.u32 %r2, %ctaid.x;\n"
-	"\tmov.u32 %r3, %ntid.x;\n"
-	"\tmov.u32 %r4, %tid.x;\n"
-	"\tcvt.u64.u32 %rd4, %r4;\n"
-	"\tmad.wide.u32 %rd5, %r2, %r3, %rd4;\n"
-	"\tsetp.ge.u64 %p1, %rd5, %rd2;\n"
-	"\t@%p1 bra $L_fill_done;\n"
-	"\tshl.b64 %rd6, %rd5, 2;\n"
-	"\tadd.s64 %rd7, %rd3, %rd6;\n"
-	"\tst.global.u32 [%rd7], %r1;\n"
-	"$L_fill_done:\n"
-	"\tret;\n"
-	"}\n"
-	"\n"
-	".visible .entry uhmm_saxpy(\n"
-	"\t.param .u64 p_x,\n"
-	"\t.param .u64 p_y,\n"
-	"\t.param .f32 p_a,\n"
-	"\t.param .u64 p_n\n"
-	")\n"
-	"{\n"
-	"\t.reg .pred %p<2>;\n"
-	"\t.reg .b32 %r<4>;\n"
-	"\t.reg .f32 %f<5>;\n"
-	"\t.reg .b64 %rd<12>;\n"
-	"\tld.param.u64 %rd1, [p_x];\n"
-	"\tld.param.u64 %rd2, [p_y];\n"
-	"\tld.param.f32 %f1, [p_a];\n"
-	"\tld.param.u64 %rd3, [p_n];\n"
-	"\tcvta.to.global.u64 %rd4, %rd1;\n"
-	"\tcvta.to.global.u64 %rd5, %rd2;\n"
-	"\tmov.u32 %r1, %ctaid.x;\n"
-	"\tmov.u32 %r2, %ntid.x;\n"
-	"\tmov.u32 %r3, %tid.x;\n"
-	"\tcvt.u64.u32 %rd6, %r3;\n"
-	"\tmad.wide.u32 %rd7, %r1, %r2, %rd6;\n"
-	"\tsetp.ge.u64 %p1, %rd7, %rd3;\n"
-	"\t@%p1 bra $L_saxpy_done;\n"
-	"\tshl.b64 %rd8, %rd7, 2;\n"
-	"\tadd.s64 %rd9, %rd4, %rd8;\n"
-	"\tadd.s64 %rd10, %rd5, %rd8;\n"
-	"\tld.global.f32 %f2, [%rd9];\n"
-	"\tld.global.f32 %f3, [%rd10];\n"
-	"\tfma.rn.f32 %f4, %f1, %f2, %f3;\n"
-	"\tst.global.f32 [%rd10], %f4;\n"
-	"$L_saxpy_done:\n"
-	"\tret;\n"
-	"}\n";
+#include "cuda_kernels.h"
 
 /* The driver entry points the baselines use (CUDA driver API, cuda.h). */
 static struct {
@@ -230,8 +160,8 @@ static int gpu_open(const char *cname, struct gpu *g, enum uhmm_fault_mode mode,
 	}
 	if (drv_load(cname) || CU(cname, drv.ctx_set(uhmm_cuda_context(g->d))))
 		goto fail;
-	if ((r = uhmm_cuda_function(g->d, bench_ptx, "uhmm_fill", &g->fill)) ||
-	    (r = uhmm_cuda_function(g->d, bench_ptx, "uhmm_saxpy", &g->saxpy))) {
+	if ((r = uhmm_cuda_function(g->d, uhmm_kernels_ptx, "uhmm_fill", &g->fill)) ||
+	    (r = uhmm_cuda_function(g->d, uhmm_kernels_ptx, "uhmm_saxpy", &g->saxpy))) {
 		bench_error(cname, "uhmm_cuda_function: %s (%s)", strerror(-r),
 		            uhmm_cuda_last_error(g->d));
 		goto fail;

@@ -15,6 +15,7 @@
  */
 #include "../common.h"
 #include "uhmm_cuda.h"
+#include "cuda_kernels.h"
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -31,39 +32,6 @@ typedef CUresult (*free_fn)(CUdeviceptr);
 
 static struct uhmm_cuda_info g_info;
 static int g_rc;
-
-/* fill(u32 *p, u32 value, u64 n): p[i] = value for i < n. */
-static const char fill_ptx[] =
-	".version 6.0\n"
-	".target sm_50\n"
-	".address_size 64\n"
-	"\n"
-	".visible .entry uhmm_fill(\n"
-	"\t.param .u64 p_ptr,\n"
-	"\t.param .u32 p_val,\n"
-	"\t.param .u64 p_n\n"
-	")\n"
-	"{\n"
-	"\t.reg .pred %p<2>;\n"
-	"\t.reg .b32 %r<5>;\n"
-	"\t.reg .b64 %rd<8>;\n"
-	"\tld.param.u64 %rd1, [p_ptr];\n"
-	"\tld.param.u32 %r1, [p_val];\n"
-	"\tld.param.u64 %rd2, [p_n];\n"
-	"\tcvta.to.global.u64 %rd3, %rd1;\n"
-	"\tmov.u32 %r2, %ctaid.x;\n"
-	"\tmov.u32 %r3, %ntid.x;\n"
-	"\tmov.u32 %r4, %tid.x;\n"
-	"\tcvt.u64.u32 %rd4, %r4;\n"
-	"\tmad.wide.u32 %rd5, %r2, %r3, %rd4;\n"
-	"\tsetp.ge.u64 %p1, %rd5, %rd2;\n"
-	"\t@%p1 bra $L_done;\n"
-	"\tshl.b64 %rd6, %rd5, 2;\n"
-	"\tadd.s64 %rd7, %rd3, %rd6;\n"
-	"\tst.global.u32 [%rd7], %r1;\n"
-	"$L_done:\n"
-	"\tret;\n"
-	"}\n";
 
 static const char *expect(void)
 {
@@ -215,7 +183,7 @@ static void cuda_bad_args(void **state)
 	memset(&l, 0, sizeof(l));
 	assert_int_equal(uhmm_cuda_launch(NULL, &l), -EINVAL);
 	void *fn = NULL;
-	assert_int_equal(uhmm_cuda_function(dm, fill_ptx, "uhmm_fill", &fn), -EINVAL);
+	assert_int_equal(uhmm_cuda_function(dm, uhmm_kernels_ptx, "uhmm_fill", &fn), -EINVAL);
 	assert_null(uhmm_cuda_context(dm));
 	assert_null(uhmm_cuda_stream(NULL));
 	assert_non_null(uhmm_cuda_last_error(dm));
@@ -230,7 +198,7 @@ static void cuda_bad_args(void **state)
 		assert_int_equal(uhmm_cuda_prefetch(d, q, PS(), NULL), -EINVAL); /* not managed */
 		assert_int_equal(uhmm_cuda_prefetch(d, p, 5 * PS(), NULL), -EINVAL); /* runs past */
 		assert_int_equal(uhmm_cuda_launch(d, &l), -EINVAL); /* no function */
-		assert_int_equal(uhmm_cuda_function(d, fill_ptx, NULL, &fn), -EINVAL);
+		assert_int_equal(uhmm_cuda_function(d, uhmm_kernels_ptx, NULL, &fn), -EINVAL);
 		assert_int_equal(uhmm_cuda_ptr(d, q), 0);
 		munmap(q, 4 * PS());
 		assert_int_equal(uhmm_device_destroy(d), 0);
@@ -374,11 +342,11 @@ static void cuda_launch_fill(void **state)
 	const size_t n = GP + 16;
 	void *p = t_alloc(h, n); /* never touched: prefetch populates zeros */
 	void *fn = NULL;
-	int rc = uhmm_cuda_function(d, fill_ptx, "uhmm_fill", &fn);
+	int rc = uhmm_cuda_function(d, uhmm_kernels_ptx, "uhmm_fill", &fn);
 	if (rc)
 		fail_msg("uhmm_cuda_function: %s (%s)", strerror(-rc), uhmm_cuda_last_error(d));
-	assert_int_equal(uhmm_cuda_function(d, fill_ptx, "no_such_kernel", &fn) , -ENOENT);
-	rc = uhmm_cuda_function(d, fill_ptx, "uhmm_fill", &fn);
+	assert_int_equal(uhmm_cuda_function(d, uhmm_kernels_ptx, "no_such_kernel", &fn) , -ENOENT);
+	rc = uhmm_cuda_function(d, uhmm_kernels_ptx, "uhmm_fill", &fn);
 	assert_int_equal(rc, 0);
 
 	/* Fill the first n - 1 pages; the last stays zero. */
