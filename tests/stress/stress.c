@@ -443,6 +443,25 @@ static void op_cpu_read(struct worker *w, struct region *r)
 		check_cpu(w, r, f, n);
 }
 
+/* The whole region in order, 16 pages at a time: long enough for the
+ * fault granule to grow to 2 MiB, and for fault-ahead (UHMM_FAULT_AHEAD)
+ * to start, in regions of 4 MiB or more (--size 16M).  Off unless
+ * --stream-weight is given. */
+static void op_cpu_stream(struct worker *w, struct region *r)
+{
+	for (size_t i = 0; i < r->npages;) {
+		if (!r->mapped[i]) {
+			i++;
+			continue;
+		}
+		size_t n = 1;
+		while (n < 16 && i + n < r->npages && r->mapped[i + n])
+			n++;
+		check_cpu(w, r, i, n);
+		i += n;
+	}
+}
+
 static struct uhmm_device *pick_target(struct rng *g)
 {
 	switch (rnd_below(g, 3)) {
@@ -756,7 +775,7 @@ struct opdef {
 enum {
 	O_CPU_WRITE, O_CPU_READ, O_MIGRATE, O_DEV_WRITE, O_DEV_READ, O_RELEASE, O_MUNMAP,
 	O_REALLOC, O_MREMAP, O_MADVISE, O_RANGE_REMOVE, O_RANGE_ADD, O_DEVMEM, O_FOREIGN,
-	O_FORK, O__N
+	O_FORK, O_CPU_STREAM, O__N
 };
 
 static const struct opdef ops[O__N] = {
@@ -768,6 +787,7 @@ static const struct opdef ops[O__N] = {
 	[O_RANGE_REMOVE] = { "range-remove", 2 }, [O_RANGE_ADD] = { "range-add", 3 },
 	[O_DEVMEM] = { "devmem", 1 },            [O_FOREIGN] = { "foreign", 20 },
 	[O_FORK] = { "fork-check", 0 /* set in main */ },
+	[O_CPU_STREAM] = { "cpu-stream", 0 /* set in main; last: seeds keep their meaning */ },
 };
 static unsigned op_weight[O__N], weight_sum;
 
@@ -795,6 +815,7 @@ static void *worker_main(void *arg)
 		switch (o) {
 		case O_CPU_WRITE: op_cpu_write(w, r); break;
 		case O_CPU_READ: op_cpu_read(w, r); break;
+		case O_CPU_STREAM: op_cpu_stream(w, r); break;
 		case O_MIGRATE: op_migrate_own(w, r); break;
 		case O_DEV_WRITE: op_dev_write(w, r); break;
 		case O_DEV_READ: op_dev_read(w, r); break;
@@ -915,6 +936,7 @@ static void usage(void)
 	fprintf(stderr,
 	        "usage: uhmm-stress [--seed S] [--ops N] [--threads T] [--size BYTES]\n"
 	        "                   [--mode thread|sigbus|auto] [--no-move] [--fork-weight W]\n"
+	        "                   [--stream-weight W (whole-region sequential reads, default 0)]\n"
 	        "                   [--skip OP[,OP...]] (e.g. --skip mremap,madvise)\n"
 	        "                   [--watchdog SECONDS (0 = off, default 60)] [-v]\n"
 	        "  --ops N      operations in all (default 100000), split over the threads\n"
@@ -941,7 +963,7 @@ int main(int argc, char **argv)
 {
 	PS = (size_t)sysconf(_SC_PAGESIZE);
 	bool have_seed = false;
-	unsigned fork_weight = 1;
+	unsigned fork_weight = 1, stream_weight = 0;
 	const char *skip = "";
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -958,6 +980,8 @@ int main(int argc, char **argv)
 			opt_watchdog = (unsigned)strtoul(v, NULL, 0), i++;
 		} else if (!strcmp(a, "--fork-weight") && v) {
 			fork_weight = (unsigned)strtoul(v, NULL, 0), i++;
+		} else if (!strcmp(a, "--stream-weight") && v) {
+			stream_weight = (unsigned)strtoul(v, NULL, 0), i++;
 		} else if (!strcmp(a, "--mode") && v) {
 			if (!strcmp(v, "thread"))
 				opt_mode = UHMM_FAULT_THREAD;
@@ -990,7 +1014,7 @@ int main(int argc, char **argv)
 	if (max_pages < 1)
 		max_pages = 1;
 	for (int o = 0; o < O__N; o++) {
-		op_weight[o] = o == O_FORK ? fork_weight : ops[o].weight;
+		op_weight[o] = o == O_FORK ? fork_weight : o == O_CPU_STREAM ? stream_weight : ops[o].weight;
 		if (opt_threads == 1 && o == O_FOREIGN)
 			op_weight[o] = ops[o].weight; /* own regions, still fine */
 		size_t nl = strlen(ops[o].name);
@@ -1074,9 +1098,10 @@ int main(int argc, char **argv)
 	}
 	double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	printf("uhmm-stress: to device %" PRIu64 ", to system %" PRIu64 ", cpu faults %" PRIu64
-	       ", skipped %" PRIu64 ", events %" PRIu64 ", deferred faults %" PRIu64 "\n",
+	       ", skipped %" PRIu64 ", events %" PRIu64 ", deferred faults %" PRIu64
+	       ", fault-ahead %" PRIu64 "\n",
 	       st.pages_to_device, st.pages_to_system, st.cpu_faults, st.pages_skipped, st.events,
-	       st.deferred_faults);
+	       st.deferred_faults, st.pages_ahead);
 	printf("uhmm-stress: migrate calls %lu, device ops %lu, cpu writes %lu, madvise %lu, munmap %lu,"
 	       " mremap %lu, range remove %lu / add %lu, realloc %lu, devmem add %lu / remove %lu,"
 	       " forks %lu, release -EBUSY %lu\n",
