@@ -152,6 +152,18 @@ static void ahead_close_while_busy(void **state)
 	munmap(p, n * PS());
 }
 
+/* Out-of-range option values are taken as the bound, not refused. */
+static void ahead_option_bounds(void **state)
+{
+	struct uhmm *h = open_ahead(state, 1000); /* = 16 granules, 4 workers */
+	const size_t n = 20 * GRAN_PAGES;
+	void *p = on_device(h, t_dummy(h), n, 12);
+	stream_read(p, 0, n);
+	assert_pages(p, 0, n, 12);
+	assert_int_equal(wait_count(h, p, 0, n, n), n);
+	t_close(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -160,6 +172,7 @@ int main(void)
 		TEST_BOTH(ahead_cancelled_by_migrate),
 		TEST_BOTH(ahead_off_by_default),
 		TEST_BOTH(ahead_close_while_busy),
+		TEST_ONE(ahead_option_bounds),
 	};
 	return cmocka_run_group_tests_name("ahead", tests, NULL, NULL);
 }
