@@ -119,8 +119,10 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 {
 	if (!n)
 		return;
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		p[i].dp = pte_dpage(p[i].old);
+		dpage_check(h, p[i].dp, p[i].addr, "migrate_to_system");
+	}
 	mirror_invalidate(h, p[0].addr, p[n - 1].addr + PAGE_SIZE, UHMM_EVENT_MIGRATE, initiator);
 	for (size_t i = 0; i < n;) {
 		struct uhmm_devmem *m = devmem_of(p[i].dp);
@@ -176,6 +178,7 @@ void self_change_end(struct uhmm *h)
 static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 {
 	self_change_begin(h, start, len);
+	TRACE(TR_MADV, start, 0, len, 0);
 	madvise((void *)start, len, MADV_DONTNEED);
 	self_change_end(h);
 }
@@ -341,6 +344,7 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 	for (size_t i = 0; i < n; i++) {
 		if (p[i].err == 0) {
 			dpage_set_vaddr(p[i].dp, p[i].addr);
+			dpage_check(h, p[i].dp, p[i].addr, "migrate_to_device");
 			p[i].new = pte_make(UHMM_STATE_DEVICE, p[i].dp, 0);
 			moved++;
 		} else {
