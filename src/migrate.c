@@ -67,6 +67,41 @@ size_t mpages_recheck(struct uhmm *h, struct mpage *p, size_t n, size_t *dropped
 	return k;
 }
 
+/*
+ * UFFDIO_MOVE can move a page and still count it as not moved.  Seen on
+ * Linux 6.18 (tests/stress/uffd_move_check.c reproduces it in a few
+ * thousand tries): while a page that a fork shared with a child (since
+ * exited) is moved, another thread writes to it (a copy-on-write fault);
+ * the page ends up at its destination, yet the call fails with EEXIST and
+ * its count leaves the page out (apparently the kernel retries the page
+ * and finds the destination it has just filled).  Believing the count, a
+ * migration to a device kept such a page "in system memory" although its
+ * CPU mapping was gone, and freed the pool slot that held its data: the
+ * next access zero-filled it (RELIABILITY.md, finding 17).
+ *
+ * So after an EEXIST the page at the failing offset is looked at where it
+ * was and where it was going (through /proc/self/mem: nothing faults,
+ * allowed in a gate section): gone from its source and present at its
+ * destination, it moved.  The caller holds the page lock and the gate, so
+ * nothing else took it, with one exception when the source is managed
+ * memory: an munmap or mremap whose event is pending, racing a destination
+ * that was not empty (a device leaves the zero page in a pool slot it
+ * touched while free).  So a pool slot holding the zero page is never
+ * taken for a move out of managed memory.  That is safe either way: had
+ * the page been the zero page and moved, it is missing and "in system
+ * memory", and the next access zero-fills it, which is what it held.
+ */
+static bool moved_unreported(uintptr_t dst, uintptr_t src, bool from_pool)
+{
+	char c;
+	if (procmem_read(&c, src, 1) == 1 || procmem_read(&c, dst, 1) != 1)
+		return false;
+	if (!from_pool && page_is_zero(dst) == 1)
+		return false;
+	TRACE(TR_MOVE_UNREPORTED, dst, src, PAGE_SIZE, from_pool);
+	return true;
+}
+
 /* ---- device → system ---- */
 
 static void run_home(struct uhmm *h, struct mpage *p, size_t k)
@@ -79,8 +114,20 @@ static void run_home(struct uhmm *h, struct mpage *p, size_t k)
 	if (dev_failing(d)) {
 		r = -EIO;
 	} else if (m->host_registered) {
-		r = uffd_move(h->uffd, p[0].addr, (uintptr_t)dpage_host(m, p[0].dp), len, &done);
-		stat_add(h, ST_MOVE_CALLS, 1);
+		uintptr_t slots = (uintptr_t)dpage_host(m, p[0].dp);
+		for (;;) {
+			size_t more = 0;
+			r = uffd_move(h->uffd, p[0].addr + done, slots + done, len - done, &more);
+			stat_add(h, ST_MOVE_CALLS, 1);
+			done += more;
+			/* Only our MOVE empties a slot in use (see above). */
+			if (r != -EEXIST || !moved_unreported(p[0].addr + done, slots + done, true))
+				break;
+			done += PAGE_SIZE;
+			r = 0;
+			if (done == len)
+				break;
+		}
 		if (r && r != -EEXIST) {
 			/* UFFDIO_MOVE wants both mappings alike (a read-only range
 			 * is not): copy the rest; those slots are emptied on reuse. */
@@ -318,6 +365,8 @@ static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		}
 		if (r == -ENOENT)
 			p[i].err = -ENOENT;
+		else if (r == -EEXIST && moved_unreported((uintptr_t)dpage_host(m, p[i].dp), p[i].addr, false))
+			p[i].err = 0; /* the kernel moved it after all (see above) */
 		else
 			copy_run_to_device(h, p + i, 1);
 		i++;

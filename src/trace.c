@@ -77,7 +77,7 @@ static const char *const kind_name[] = {
 	[TR_DP_VA] = "dp-vaddr",    [TR_REG] = "register",      [TR_UNREG] = "unregister",
 	[TR_RANGE_ADD] = "range-add", [TR_RANGE_REMOVE] = "range-remove", [TR_FORK] = "fork",
 	[TR_DEVMEM_ADD] = "devmem-add", [TR_DEVMEM_DESTROY] = "devmem-destroy",
-	[TR_SCAN] = "scan-present", [TR_DRAIN] = "drain-slot", [TR_SIGBUS] = "sigbus",
+	[TR_SCAN] = "scan-present", [TR_DRAIN] = "drain-slot", [TR_SIGBUS] = "sigbus", [TR_MOVE_UNREPORTED] = "move-unreported",
 };
 
 static bool is_dev(uint64_t v)
@@ -94,6 +94,7 @@ static bool rec_touches(const struct trace_rec *r, uintptr_t lo, uintptr_t hi, u
 		return e && r->a == e;
 	case TR_MOVE:
 	case TR_COPY:
+	case TR_MOVE_UNREPORTED:
 		return (r->a < hi && r->a + r->x > lo) || (r->b < hi && r->b + r->x > lo);
 	case TR_PREAD:
 	case TR_PWRITE:
