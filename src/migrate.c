@@ -21,6 +21,7 @@
 #include "internal.h"
 
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -99,6 +100,14 @@ static bool moved_unreported(uintptr_t dst, uintptr_t src, bool from_pool)
 	if (!from_pool && page_is_zero(dst) == 1)
 		return false;
 	TRACE(TR_MOVE_UNREPORTED, dst, src, PAGE_SIZE, from_pool);
+	if (unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed))) {
+		/* May run in the SIGBUS handler: no stdio stream. */
+		char msg[128];
+		int n = snprintf(msg, sizeof(msg), "uhmm: UFFDIO_MOVE moved %#lx to %#lx but failed "
+		                 "with EEXIST: taken as moved\n", (unsigned long)src, (unsigned long)dst);
+		if (n > 0 && write(STDERR_FILENO, msg, (size_t)MIN(n, (int)sizeof(msg) - 1)) < 0)
+			(void)0;
+	}
 	return true;
 }
 
