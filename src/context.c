@@ -31,6 +31,7 @@ void contexts_unlock(void) { pthread_mutex_unlock(&g_ctx_lock); }
 static void atfork_prepare(void)
 {
 	contexts_lock();
+	TRACE(TR_FORK, 0, 0, 0, 0);
 	for (struct uhmm *h = g_contexts; h; h = h->next_ctx) {
 		pthread_rwlock_wrlock(&h->fork_lock);
 		struct range_ent *v;
@@ -44,6 +45,7 @@ static void atfork_prepare(void)
 
 static void atfork_parent(void)
 {
+	TRACE(TR_FORK, 1, 0, 0, 0);
 	for (struct uhmm *h = g_contexts; h; h = h->next_ctx)
 		pthread_rwlock_unlock(&h->fork_lock);
 	contexts_unlock();
@@ -137,6 +139,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	if (r)
 		return r;
 
+	trace_init();
 	uint64_t avail = probe_features();
 	struct uffd_probe p;
 	uffd_open_best(&p, O_CLOEXEC | O_NONBLOCK);

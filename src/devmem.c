@@ -19,6 +19,7 @@
  */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -39,6 +40,30 @@ struct uhmm_devmem *devmem_of(const struct uhmm_dpage *dp)
 {
 	uint64_t w = atomic_load_explicit(&((struct uhmm_dpage *)dp)->w, memory_order_acquire);
 	return atomic_load_explicit(&g_mems[(w >> DP_ID_SHIFT) & 0xffff], memory_order_acquire);
+}
+
+void dpage_check_(struct uhmm *h, const struct uhmm_dpage *dp, uintptr_t va, const char *where)
+{
+	uint64_t w = atomic_load(&((struct uhmm_dpage *)dp)->w);
+	unsigned id = (unsigned)(w >> DP_ID_SHIFT) & 0xffff;
+	struct uhmm_devmem *m = atomic_load(&g_mems[id]);
+	const char *why = NULL;
+	if ((w & DP_REF_MASK) == 0 || (w & DP_REF_MASK) > 16)
+		why = "bad reference count";
+	else if (!m)
+		why = "its block id names no block";
+	else if (dp < m->pages || dp >= m->pages + m->npages)
+		why = "not inside the block its id names";
+	else if (va && dpage_vaddr(dp) != va)
+		why = "backs another address";
+	if (!why)
+		return;
+	fprintf(stderr, "uhmm: stale device page %p at %s (va %#lx): %s; w %#lx (ref %u, id %u, "
+	        "vaddr %#lx), block %p pages %p..%p\n", (void *)dp, where, (unsigned long)va, why,
+	        (unsigned long)w, (unsigned)(w & DP_REF_MASK), id, (unsigned long)dpage_vaddr(dp),
+	        (void *)m, m ? (void *)m->pages : NULL, m ? (void *)(m->pages + m->npages) : NULL);
+	uhmm_debug_trace_dump(h, (void *)(va ? va : dpage_vaddr(dp)));
+	abort();
 }
 
 static int id_alloc(struct uhmm_devmem *m)
@@ -65,10 +90,21 @@ static void free_slot(struct uhmm_devmem *m, size_t idx)
 
 static void release(struct uhmm_dpage *dp, bool clean)
 {
-	if ((atomic_fetch_sub(&dp->w, 1) & DP_REF_MASK) != 1)
+	uint64_t w0 = atomic_fetch_sub(&dp->w, 1);
+	TRACE(TR_DP_PUT, dp, 0, w0, clean);
+	if (unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed)) && !(w0 & DP_REF_MASK)) {
+		fprintf(stderr, "uhmm: device page %p put with no reference (w %#lx)\n", (void *)dp,
+		        (unsigned long)w0);
+		struct uhmm_devmem *m0 = atomic_load(&g_mems[(w0 >> DP_ID_SHIFT) & 0xffff]);
+		if (m0)
+			uhmm_debug_trace_dump(m0->dev->h, (void *)dpage_vaddr(dp));
+		abort();
+	}
+	if ((w0 & DP_REF_MASK) != 1)
 		return;
 	struct uhmm_devmem *m = devmem_of(dp);
 	size_t idx = dpage_index(m, dp);
+	TRACE(TR_DP_FREE, dp, m->host ? m->host + idx * PAGE_SIZE : NULL, w0, clean);
 	atomic_fetch_sub(&m->used, 1);
 	if (m->dev->ops.page_free)
 		m->dev->ops.page_free(m->dev, m, idx);
@@ -126,6 +162,7 @@ static void drain_dirty(struct uhmm_devmem *m)
 		}
 		if (!idx) {
 			/* Out of memory: one slot at a time. */
+			TRACE(TR_DRAIN, m->host + i * PAGE_SIZE, 0, PAGE_SIZE, 0);
 			madvise(m->host + i * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED);
 			free_slot(m, i);
 			continue;
@@ -138,6 +175,7 @@ static void drain_dirty(struct uhmm_devmem *m)
 	for (size_t a = 0, b; a < n; a = b) {
 		for (b = a + 1; b < n && idx[b] == idx[b - 1] + 1; b++)
 			;
+		TRACE(TR_DRAIN, m->host + idx[a] * PAGE_SIZE, 0, (b - a) * PAGE_SIZE, 0);
 		madvise(m->host + idx[a] * PAGE_SIZE, (b - a) * PAGE_SIZE, MADV_DONTNEED);
 		for (size_t k = a; k < b; k++)
 			free_slot(m, idx[k]);
@@ -164,6 +202,7 @@ static size_t alloc_from(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **ou
 			bits |= 1ULL << b;
 			struct uhmm_dpage *dp = &m->pages[idx];
 			atomic_store(&dp->w, ((uint64_t)m->id << DP_ID_SHIFT) | 1);
+			TRACE(TR_DP_ALLOC, dp, m->host ? m->host + idx * PAGE_SIZE : NULL, m->id, 0);
 			out[got++] = dp;
 		}
 		if (got < n)
@@ -194,6 +233,7 @@ static size_t alloc_words(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **o
 		for (size_t i = 0; i < n; i++) {
 			struct uhmm_dpage *dp = &m->pages[w * 64 + i];
 			atomic_store(&dp->w, ((uint64_t)m->id << DP_ID_SHIFT) | 1);
+			TRACE(TR_DP_ALLOC, dp, m->host ? m->host + (w * 64 + i) * PAGE_SIZE : NULL, m->id, 1);
 			out[i] = dp;
 		}
 		got = n;
@@ -347,6 +387,7 @@ static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags, con
 	}
 	if (id_alloc(m))
 		goto fail;
+	TRACE(TR_DEVMEM_ADD, m->pages, m->host, m->npages * PAGE_SIZE, m->id);
 	m->next = d->mems;
 	d->mems = m;
 	*out = m;
@@ -478,10 +519,37 @@ int devmem_evacuate(struct uhmm_devmem *m)
 	return 0;
 }
 
+/* Debug: no page entry may still name a descriptor of a block being freed. */
+struct stale_arg {
+	struct uhmm *h;
+	struct uhmm_devmem *m;
+};
+
+static int stale_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
+{
+	struct stale_arg *sa = arg;
+	uint64_t v = atomic_load(e);
+	struct uhmm_dpage *dp = pte_dpage(v);
+	if ((pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT) &&
+	    dp >= sa->m->pages && dp < sa->m->pages + sa->m->npages) {
+		fprintf(stderr, "uhmm: block %u (pages %p) freed while page %#lx (entry %#lx) still "
+		        "names its descriptor %p\n", sa->m->id, (void *)sa->m->pages,
+		        (unsigned long)addr, (unsigned long)v, (void *)dp);
+		uhmm_debug_trace_dump(sa->h, (void *)addr);
+		abort();
+	}
+	return 0;
+}
+
 void devmem_destroy(struct uhmm_devmem *m)
 {
+	if (unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed))) {
+		struct stale_arg sa = { m->dev->h, m };
+		ptable_walk(&m->dev->h->pt, 0, UINTPTR_MAX & ~PAGE_MASK, stale_one, &sa);
+	}
 	struct uhmm *h = m->dev->h;
 	size_t size = m->npages * PAGE_SIZE;
+	TRACE(TR_DEVMEM_DESTROY, m->pages, m->host, size, m->id);
 	if (m->host) {
 		if (m->host_registered) {
 			uffd_unregister(h->uffd, (uintptr_t)m->host, size);

@@ -41,8 +41,10 @@ static void discard_flush(struct discard_arg *da)
 			page_unlock(h, da->e[i], old);
 			continue;
 		}
-		if (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)
+		if (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT) {
+			dpage_check(h, pte_dpage(old), da->start + i * PAGE_SIZE, "discard");
 			dpage_put(pte_dpage(old));
+		}
 		page_unlock(h, da->e[i], UHMM_STATE_NONE);
 	}
 	da->n = 0;

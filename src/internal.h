@@ -63,6 +63,27 @@ void ebr_synchronize(void); /* wait until all current readers left, then reclaim
 void ebr_reset_child(void); /* after fork, in the child: no reader exists */
 
 /* ------------------------------------------------------------------------
+ * Debug trace (trace.c, UHMM_DEBUG_TRACE=1): a ring of recent page-lock
+ * transitions, kernel calls and device-page events.  Off: one load.
+ * ---------------------------------------------------------------------- */
+enum {
+	TR_LOCK = 1, TR_UNLOCK, TR_MOVE, TR_COPY, TR_ZERO, TR_WP, TR_MADV, TR_PREAD, TR_PWRITE,
+	TR_EV_REMOVE, TR_EV_UNMAP, TR_EV_REMAP, TR_DP_ALLOC, TR_DP_PUT, TR_DP_FREE, TR_DP_VA,
+	TR_REG, TR_UNREG, TR_RANGE_ADD, TR_RANGE_REMOVE, TR_FORK, TR_DEVMEM_ADD,
+	TR_DEVMEM_DESTROY, TR_SCAN, TR_DRAIN, TR_SIGBUS, TR_MOVE_UNREPORTED,
+};
+extern _Atomic int g_trace_on;
+void trace_init(void);
+void trace_rec(unsigned kind, uintptr_t pc, uintptr_t a, uintptr_t b, uint64_t x, uint64_t y);
+#define TRACE_PC(kind, pc, a, b, x, y)                                                     \
+	do {                                                                               \
+		if (__builtin_expect(atomic_load_explicit(&g_trace_on, memory_order_relaxed), 0)) \
+			trace_rec((kind), (uintptr_t)(pc), (uintptr_t)(a), (uintptr_t)(b),  \
+			          (uint64_t)(x), (uint64_t)(y));                             \
+	} while (0)
+#define TRACE(kind, a, b, x, y) TRACE_PC(kind, __builtin_return_address(0), a, b, x, y)
+
+/* ------------------------------------------------------------------------
  * Sparse page table (ptable.c): a radix tree of 64-bit entries keyed by
  * virtual page number.  Nodes are installed with CAS and never freed before
  * the table is destroyed, so lookups are lock-free.  Cost: one 4 KiB leaf
@@ -174,6 +195,7 @@ static inline void dpage_set_vaddr(struct uhmm_dpage *dp, uintptr_t va)
 	do
 		nw = (w & ((1ULL << DP_VPN_SHIFT) - 1)) | ((uint64_t)(va >> PAGE_SHIFT) << DP_VPN_SHIFT);
 	while (!atomic_compare_exchange_weak(&dp->w, &w, nw));
+	TRACE(TR_DP_VA, dp, va, w, nw);
 }
 
 struct uhmm_devmem {
@@ -226,6 +248,16 @@ size_t devmem_alloc(struct uhmm_device *d, size_t n, struct uhmm_dpage **out);
 void dpage_put(struct uhmm_dpage *dp);
 void dpage_put_clean(struct uhmm_dpage *dp);
 int devmem_evacuate(struct uhmm_devmem *m);
+/* Debug (UHMM_DEBUG_TRACE): the descriptor an entry holds must be live —
+ * referenced, inside the block its id names, backing va (0: unknown).
+ * A stale one is reported with the page's trace and aborts. */
+void dpage_check_(struct uhmm *h, const struct uhmm_dpage *dp, uintptr_t va, const char *where);
+#define dpage_check(h, dp, va, where)                                                      \
+	do {                                                                               \
+		if (__builtin_expect(atomic_load_explicit(&g_trace_on, memory_order_relaxed), 0)) \
+			dpage_check_((h), (dp), (va), (where));                             \
+	} while (0)
+UHMM_API void uhmm_debug_trace_dump(struct uhmm *h, const void *addr);
 void devmem_destroy(struct uhmm_devmem *m);
 
 /* ------------------------------------------------------------------------

@@ -64,12 +64,16 @@ static ssize_t rw(bool write, void *buf, uintptr_t addr, size_t len)
 
 ssize_t procmem_read(void *dst, uintptr_t src, size_t len)
 {
-	return rw(false, dst, src, len);
+	ssize_t r = rw(false, dst, src, len);
+	TRACE(TR_PREAD, src, dst, len, (uint64_t)r);
+	return r;
 }
 
 ssize_t procmem_write(uintptr_t dst, const void *src, size_t len)
 {
-	return rw(true, (void *)src, dst, len);
+	ssize_t r = rw(true, (void *)src, dst, len);
+	TRACE(TR_PWRITE, dst, src, len, (uint64_t)r);
+	return r;
 }
 
 /* Read a whole /proc file (they report size 0). */

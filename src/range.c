@@ -329,7 +329,8 @@ static int scan_present(uintptr_t addr, size_t len, struct uhmm *h)
 				break;
 			}
 			uint64_t zero = 0;
-			atomic_compare_exchange_strong(e, &zero, (uint64_t)UHMM_STATE_SYSTEM);
+			bool set = atomic_compare_exchange_strong(e, &zero, (uint64_t)UHMM_STATE_SYSTEM);
+			TRACE(TR_SCAN, a + i * PAGE_SIZE, e, PAGE_SIZE, set ? 1 : zero);
 		}
 		a += n * PAGE_SIZE;
 	}
@@ -451,6 +452,7 @@ static int manage(struct uhmm *h, uintptr_t a, size_t len, bool adopt)
 	 * (the event can cover more than the registry held there).  A
 	 * write-protect call fails with EAGAIN (and is retried) while an
 	 * event is queued; then wait for the batch in hand. */
+	TRACE(TR_RANGE_ADD, a, a + len, adopt, 0);
 	if (h->use_wp)
 		uffd_wp(h->uffd, a, len, false);
 	service_quiesce(h);
@@ -539,12 +541,13 @@ UHMM_API int uhmm_alloc(struct uhmm *h, size_t len, void **out)
 static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
 	struct uhmm *h = arg;
-	(void)addr;
 	if (atomic_load(e) == 0)
 		return 0;
 	uint64_t v = pte_lock(e);
-	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
+	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT) {
+		dpage_check(h, pte_dpage(v), addr, "range_reset_entries");
 		dpage_put(pte_dpage(v));
+	}
 	page_unlock(h, e, 0);
 	return 0;
 }
@@ -565,6 +568,7 @@ UHMM_API int uhmm_range_remove(struct uhmm *h, void *addr, size_t len)
 	uintptr_t a = (uintptr_t)addr, e = a + len;
 	if (!range_covered(h, a, e, false))
 		return -ENOENT;
+	TRACE(TR_RANGE_REMOVE, a, e, 0, 0);
 	range_set_dying(h, a, e, true);
 	migrations_barrier(h);
 	r = migrate_range_home(h, a, e, NULL);

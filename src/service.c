@@ -194,6 +194,7 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	case UFFD_EVENT_REMOVE: {
 		uintptr_t st = m->arg.remove.start, en = m->arg.remove.end;
 		stat_add(h, ST_EVENTS, 1);
+		TRACE(TR_EV_REMOVE, st, en, atomic_load(&h->selfremove_start), atomic_load(&h->selfremove_end));
 		/* Our own copy-fallback discard (maybe split per VMA); the
 		 * discarding thread keeps the marker until this batch is
 		 * handled (see self_discard). */
@@ -204,6 +205,7 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	}
 	case UFFD_EVENT_UNMAP:
 		stat_add(h, ST_EVENTS, 1);
+		TRACE(TR_EV_UNMAP, m->arg.remove.start, m->arg.remove.end, 0, 0);
 		if (m->arg.remove.start >= atomic_load(&h->selfremove_start) &&
 		    m->arg.remove.end <= atomic_load(&h->selfremove_end))
 			break; /* our own remapping of a coherent granule */
@@ -211,6 +213,7 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 		break;
 	case UFFD_EVENT_REMAP:
 		stat_add(h, ST_EVENTS, 1);
+		TRACE(TR_EV_REMAP, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len, 0);
 		remap_range(h, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
 		break;
 	default:

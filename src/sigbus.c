@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <ucontext.h>
 
@@ -94,6 +95,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		return;
 	}
 	uintptr_t addr = (uintptr_t)si->si_addr;
+	TRACE(TR_SIGBUS, addr, 0, is_write(uc), 0);
 	struct range_ent r;
 	/* An madvise/munmap/mremap that returned has had its event read but
 	 * maybe not handled: let that finish first, as the service thread's
@@ -138,6 +140,11 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		}
 	}
 	ebr_exit(tok);
+	if (rc && found && atomic_load_explicit(&g_trace_on, memory_order_relaxed)) {
+		/* Debugging only (not signal-safe): why this access fails. */
+		fprintf(stderr, "uhmm: SIGBUS at %#lx not resolved (%d)\n", (unsigned long)addr, rc);
+		uhmm_debug_trace_dump(r.h, (void *)addr);
+	}
 	if (rc)
 		chain(sig, si, uc);
 	errno = saved;

@@ -167,6 +167,10 @@ static const char *dev_name(struct uhmm_device *d)
 
 /* Report a failure and stop the whole run (other threads keep running
  * while we print, so exit without running uhmm_close). */
+/* Library debugging aid (src/trace.c): with UHMM_DEBUG_TRACE=1, the
+ * recent history of a page. */
+void uhmm_debug_trace_dump(struct uhmm *h, const void *addr);
+
 static void fail(struct worker *w, const void *addr, const char *fmt, ...)
 {
 	static pthread_mutex_t out = PTHREAD_MUTEX_INITIALIZER;
@@ -183,6 +187,8 @@ static void fail(struct worker *w, const void *addr, const char *fmt, ...)
 	for (unsigned k = w->nhist > 16 ? w->nhist - 16 : 0; k < w->nhist; k++)
 		fprintf(stderr, "uhmm-stress:   history: %s region %d base %p\n", w->hist[k % 16].name,
 		        w->hist[k % 16].region, w->hist[k % 16].base);
+	if (addr)
+		uhmm_debug_trace_dump(H, addr);
 	if (addr) {
 		struct uhmm_page_info pi;
 		int rc = uhmm_query(H, (const void *)((uintptr_t)addr & ~(PS - 1)), 1, &pi);
