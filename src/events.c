@@ -58,8 +58,10 @@ static int discard_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		if (v & PTE_BUSY) {
 			/* Its holder applies the discard when it unlocks. */
 			uint64_t mark = PTE_DISCARD | (da->ev == UHMM_EVENT_UNMAP ? PTE_UNMAPPED : 0);
-			if (atomic_compare_exchange_weak(e, &v, v | mark))
+			if (atomic_compare_exchange_weak(e, &v, v | mark)) {
+				TRACE(MARK, e, addr, 0, v, mark);
 				return 0;
+			}
 			continue;
 		}
 		uint64_t old;
@@ -79,6 +81,7 @@ void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_eve
 {
 	/* Busy pages are invalidated now; their holders only unlock later. */
 	mirror_invalidate(h, start, end, ev, NULL);
+	TRACE(DISCARD, 0, start, end - start, ev, 0);
 	struct discard_arg *da = malloc(sizeof(*da));
 	if (!da)
 		return;
@@ -124,6 +127,7 @@ static void remap_move(struct uhmm *h, _Atomic uint64_t *ne, uint64_t nold, uint
 		dpage_put(pte_dpage(nold));
 	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
 		dpage_set_vaddr(pte_dpage(v), na);
+	TRACE(REMAP_MOVE, ne, na, 0, v, nold);
 	page_unlock(h, ne, v);
 	wake_range(h, na, PAGE_SIZE);
 }
@@ -154,6 +158,7 @@ static void remap_complete(struct uhmm *h, struct remap_pending *rp)
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 {
 	struct remap_pending *done = NULL;
+	TRACE(REMAP_FINISH, e, 0, 0, value, 0);
 	pthread_mutex_lock(&h->remap_lock);
 	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
 		if (rp->from == e && !rp->have_value) {
@@ -191,6 +196,7 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 /* The new entry's holder gave it up (PTE_INSTALL): it is ours, locked. */
 void remap_take(struct uhmm *h, _Atomic uint64_t *ne)
 {
+	TRACE(REMAP_TAKE, ne, 0, 0, 0, 0);
 	uint64_t v = atomic_load(ne);
 	while (!atomic_compare_exchange_weak(ne, &v, v & ~PTE_INSTALL))
 		;
@@ -242,8 +248,10 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 			break;
 		}
 		if ((cur & PTE_BUSY) &&
-		    atomic_compare_exchange_weak(ne, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_INSTALL))
+		    atomic_compare_exchange_weak(ne, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_INSTALL)) {
+			TRACE(MARK, ne, na, 0, cur, PTE_INSTALL);
 			break;
+		}
 	}
 	/* The old end: never wait for its holder (a migration, which may
 	 * itself wait for this thread); its unlocker finishes the move. */
@@ -263,8 +271,10 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		if (ok)
 			rp->discarded = cur & PTE_DISCARD;
 		pthread_mutex_unlock(&h->remap_lock);
-		if (ok)
+		if (ok) {
+			TRACE(MARK, e, addr, 0, cur, PTE_REMAP);
 			break;
+		}
 	}
 	return 0;
 }
@@ -275,6 +285,7 @@ static int reset_dest_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
 	struct uhmm *h = arg;
 	(void)addr;
+	TRACE(RESET, e, addr, 0, atomic_load(e), 1);
 	for (;;) {
 		uint64_t old, v = atomic_load(e);
 		if (v == 0)
@@ -285,8 +296,10 @@ static int reset_dest_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 			page_unlock(h, e, 0);
 			return 0;
 		}
-		if ((v & PTE_BUSY) && atomic_compare_exchange_weak(e, &v, v | PTE_DISCARD | PTE_UNMAPPED))
+		if ((v & PTE_BUSY) && atomic_compare_exchange_weak(e, &v, v | PTE_DISCARD | PTE_UNMAPPED)) {
+			TRACE(MARK, e, addr, 0, v, PTE_DISCARD | PTE_UNMAPPED);
 			return 0;
+		}
 	}
 }
 
@@ -312,6 +325,7 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 		still = r == 0;
 	else
 		still = vma_registered(from);
+	TRACE(EV_REMAP, 0, from, len, to, still | (r == -EAGAIN ? 2 : 0));
 	range_move(h, from, to, len, still);
 }
 
@@ -332,6 +346,7 @@ void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end)
 	for (int i = 0; i <= (n > 0 ? n : 0); i++) {
 		uintptr_t stop = i < n ? live[i].start : end;
 		if (stop > at) {
+			TRACE(UNMAP_PART, 0, at, stop - at, n, 0);
 			discard_range(h, at, stop, UHMM_EVENT_UNMAP);
 			range_forget(h, at, stop);
 		}

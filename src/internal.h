@@ -566,6 +566,40 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 void contexts_lock(void);
 void contexts_unlock(void);
 
+/* ------------------------------------------------------------------------
+ * Tracing (trace.c): built only with -Dtrace=true (UHMM_TRACE); otherwise
+ * TRACE() is empty.  A ring of recent page-level events, dumped per page.
+ * ---------------------------------------------------------------------- */
+#define TRACE_OPS(X)                                                             \
+	X(LOCK) X(TRYLOCK) X(UNLOCK) X(MARK) X(EV_REMOVE) X(EV_UNMAP) X(EV_REMAP)   \
+	X(UNMAP_PART) X(DISCARD) X(REMAP_FINISH) X(REMAP_TAKE) X(REMAP_MOVE)         \
+	X(UFFD_MOVE) X(UFFD_COPY) X(UFFD_ZERO) X(UFFD_WP) X(UFFD_REG) X(UFFD_UNREG)  \
+	X(PROCMEM_READ) X(SELF_DISCARD) X(REG_EDIT) X(REG_INSERT) X(FAULT)           \
+	X(FAULT_SVC) X(MIG_DEV) X(MIG_SYS) X(RECHECK_DROP) X(DEV_ACCESS)             \
+	X(MAKE_PRESENT) X(RESET)                                                     \
+	X(APP_CPU_WRITE) X(APP_DEV_WRITE) X(APP_MADVISE) X(APP_MUNMAP) X(APP_MREMAP) \
+	X(APP_ALLOC) X(APP_FREE) X(APP_RANGE_ADD) X(APP_RANGE_REMOVE) X(APP_CHECK)   \
+	X(APP_FORK) X(APP_MIGRATE) X(APP_FOREIGN) X(APP_FAIL)
+enum {
+#define X(n) TR_##n,
+	TRACE_OPS(X)
+#undef X
+	TR__N
+};
+#ifdef UHMM_TRACE
+void trace_rec(unsigned op, uintptr_t e, uintptr_t a, uint64_t len, uint64_t x, uint64_t y);
+void uhmm_trace_note(unsigned op, const void *addr, size_t len, uint64_t x, uint64_t y);
+void uhmm_trace_dump(struct uhmm *h, const void *addr);
+void trace_anomaly(uintptr_t addr); /* dumped too */
+#define TRACE_ANOMALY(a) trace_anomaly((uintptr_t)(a))
+#define TRACE(op, e, a, len, x, y)                                                  \
+	trace_rec(TR_##op, (uintptr_t)(e), (uintptr_t)(a), (uint64_t)(len), (uint64_t)(x), \
+	          (uint64_t)(y))
+#else
+#define TRACE(op, e, a, len, x, y) ((void)0)
+#define TRACE_ANOMALY(a) ((void)0)
+#endif
+
 static inline bool aligned(uintptr_t x) { return (x & PAGE_MASK) == 0; }
 /* Validate (addr, len): aligned, non-zero, no wrap. */
 static inline int check_span(const void *addr, size_t len)

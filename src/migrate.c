@@ -55,6 +55,7 @@ size_t mpages_recheck(struct uhmm *h, struct mpage *p, size_t n, size_t *dropped
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (atomic_load(p[i].e) & PTE_MARKS) {
+			TRACE(RECHECK_DROP, p[i].e, p[i].addr, 0, atomic_load(p[i].e), 0);
 			if (p[i].dp && pte_state(p[i].old) == UHMM_STATE_SYSTEM)
 				dpage_put(p[i].dp); /* allocated for it, never filled */
 			page_unlock(h, p[i].e, p[i].old);
@@ -141,6 +142,8 @@ static void run_home(struct uhmm *h, struct mpage *p, size_t k)
 	}
 	for (size_t i = 0; i < k; i++)
 		p[i].err = i * PAGE_SIZE < done ? 0 : (r ? r : -EIO);
+	if (r == -EEXIST) /* a page is mapped where the table says DEVICE */
+		TRACE_ANOMALY(p[0].addr + done);
 }
 
 void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator)
@@ -158,6 +161,7 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 	}
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
+		TRACE(MIG_SYS, p[i].e, p[i].addr, 0, p[i].err, (uintptr_t)p[i].dp);
 		if (p[i].err) {
 			p[i].new = p[i].old;
 			continue;
@@ -204,6 +208,7 @@ void self_change_end(struct uhmm *h)
 static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 {
 	self_change_begin(h, start, len);
+	TRACE(SELF_DISCARD, 0, start, len, 0, 0);
 	madvise((void *)start, len, MADV_DONTNEED);
 	self_change_end(h);
 }
@@ -241,6 +246,7 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	 * where it is (skipped); the event that did it updates its state. */
 	for (size_t off = 0; off < len;) {
 		ssize_t got = procmem_read(buf + off, a + off, len - off);
+		TRACE(PROCMEM_READ, 0, a + off, len - off, *(uint64_t *)(buf + off), got);
 		if (got <= 0) {
 			r = got < 0 && got != -EIO ? (int)got : -ENOENT;
 			goto undo;
@@ -365,6 +371,7 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 	}
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
+		TRACE(MIG_DEV, p[i].e, p[i].addr, 0, p[i].err, (uintptr_t)p[i].dp);
 		if (p[i].err == 0) {
 			dpage_set_vaddr(p[i].dp, p[i].addr);
 			p[i].new = pte_make(UHMM_STATE_DEVICE, p[i].dp, 0);

@@ -160,6 +160,7 @@ bool pte_trylock(_Atomic uint64_t *e, uint64_t *old)
 	while (!(v & PTE_BUSY)) {
 		if (atomic_compare_exchange_weak(e, &v, v | PTE_BUSY)) {
 			*old = v & ~(PTE_WAITERS | PTE_MARKS);
+			TRACE(TRYLOCK, e, 0, 0, v, 0);
 			return true;
 		}
 	}
@@ -171,8 +172,10 @@ uint64_t pte_lock(_Atomic uint64_t *e)
 	uint64_t v = atomic_load(e);
 	for (;;) {
 		if (!(v & PTE_BUSY)) {
-			if (atomic_compare_exchange_weak(e, &v, v | PTE_BUSY))
+			if (atomic_compare_exchange_weak(e, &v, v | PTE_BUSY)) {
+				TRACE(LOCK, e, 0, 0, v, 0);
 				return v & ~(PTE_WAITERS | PTE_MARKS);
+			}
 			continue;
 		}
 		if (!(v & PTE_WAITERS)) {
@@ -200,6 +203,7 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 	uint64_t v = atomic_load(e), nv;
 	struct uhmm_dpage *drop = NULL;
 	newval &= ~(PTE_BUSY | PTE_WAITERS | PTE_MARKS);
+	TRACE(UNLOCK, e, 0, 0, v, newval);
 	if (v & PTE_INSTALL) {
 		/* mremap put other memory at this address while we held it:
 		 * our value described what was here before (gone), and the
@@ -239,6 +243,7 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 		if (atomic_compare_exchange_weak(e, &v, nv))
 			break;
 	}
+	TRACE(UNLOCK, e, 1, 0, v, nv);
 	if (drop)
 		dpage_put(drop);
 	if (v & PTE_WAITERS) {

@@ -88,6 +88,7 @@ static void fail_access(struct uhmm *h, uintptr_t addr, uint32_t ptid)
 	 * there the thread is signalled directly. */
 	if (poisoned && h->have_poison && uffd_poison(h->uffd, page, PAGE_SIZE) == 0)
 		return;
+	TRACE(FAULT_SVC, e, page, PAGE_SIZE, 0xdead, ptid);
 	if (ptid)
 		syscall(SYS_tgkill, getpid(), (pid_t)ptid, SIGBUS);
 	uffd_wake(h->uffd, page, PAGE_SIZE);
@@ -156,6 +157,7 @@ static void retry_deferred(struct svc *s, bool drained)
 		if (d.unknown) {
 			/* Served once its event was handled or none is queued. */
 			int r = serve_fault(h, d.addr, d.flags | (drained ? FAULT_DRAINED : 0), d.ptid);
+			TRACE(FAULT_SVC, 0, d.addr & ~PAGE_MASK, PAGE_SIZE, d.flags | 0x100, r);
 			if (r == -ENOENT) {
 				s->q[k++] = d;
 				continue;
@@ -187,6 +189,7 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? FAULT_WRITE : 0;
 		uint32_t ptid = m->arg.pagefault.feat.ptid;
 		int r = serve_fault(h, m->arg.pagefault.address, flags, ptid);
+		TRACE(FAULT_SVC, 0, m->arg.pagefault.address & ~PAGE_MASK, PAGE_SIZE, flags, r);
 		if (r == -EAGAIN || r == -ENOENT)
 			defer(s, m->arg.pagefault.address, flags, ptid, r == -ENOENT);
 		break;
@@ -194,6 +197,8 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	case UFFD_EVENT_REMOVE: {
 		uintptr_t st = m->arg.remove.start, en = m->arg.remove.end;
 		stat_add(h, ST_EVENTS, 1);
+		TRACE(EV_REMOVE, 0, st, en - st, atomic_load(&h->selfremove_start),
+		      atomic_load(&h->selfremove_end));
 		/* Our own copy-fallback discard (maybe split per VMA); the
 		 * discarding thread keeps the marker until this batch is
 		 * handled (see self_discard). */
@@ -204,6 +209,8 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	}
 	case UFFD_EVENT_UNMAP:
 		stat_add(h, ST_EVENTS, 1);
+		TRACE(EV_UNMAP, 0, m->arg.remove.start, m->arg.remove.end - m->arg.remove.start,
+		      atomic_load(&h->selfremove_start), atomic_load(&h->selfremove_end));
 		if (m->arg.remove.start >= atomic_load(&h->selfremove_start) &&
 		    m->arg.remove.end <= atomic_load(&h->selfremove_end))
 			break; /* our own remapping of a coherent granule */

@@ -99,6 +99,7 @@ int uffd_register(int fd, uintptr_t start, size_t len, bool wp, uint64_t *ioctls
 		.mode = UFFDIO_REGISTER_MODE_MISSING | (wp ? UFFDIO_REGISTER_MODE_WP : 0),
 	};
 	int r = xioctl(fd, UFFDIO_REGISTER, &reg);
+	TRACE(UFFD_REG, 0, start, len, wp, (uint8_t)-r);
 	if (ioctls)
 		*ioctls = r ? 0 : reg.ioctls;
 	return r;
@@ -116,7 +117,9 @@ int uffd_register_wp_only(int fd, uintptr_t start, size_t len)
 int uffd_unregister(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range range = { .start = start, .len = len };
-	return xioctl(fd, UFFDIO_UNREGISTER, &range);
+	int r = xioctl(fd, UFFDIO_UNREGISTER, &range);
+	TRACE(UFFD_UNREG, 0, start, len, 0, (uint8_t)-r);
+	return r;
 }
 
 /* The kernel may stop early (EAGAIN when the mm is changing, or a
@@ -187,9 +190,19 @@ static int zp1(int fd, uintptr_t dst, size_t len, long long *got)
 	return r;
 }
 
-int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
+static int zeropage_raw(int fd, uintptr_t dst, size_t len, size_t *done)
 {
 	UFFD_LOOP(zp1(fd, dst + off, chunk, &got), zeropage);
+}
+
+int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done)
+{
+	size_t d = 0;
+	int r = zeropage_raw(fd, dst, len, &d);
+	TRACE(UFFD_ZERO, 0, dst, len, 0, (d << 8) | (uint8_t)-r);
+	if (done)
+		*done = d;
+	return r;
 }
 
 static int cp1(int fd, uintptr_t dst, const void *src, size_t len, bool wp, long long *got)
@@ -203,9 +216,19 @@ static int cp1(int fd, uintptr_t dst, const void *src, size_t len, bool wp, long
 	return r;
 }
 
-int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done)
+static int copy_raw(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done)
 {
 	UFFD_LOOP(cp1(fd, dst + off, (const char *)src + off, chunk, wp, &got), copy);
+}
+
+int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done)
+{
+	size_t d = 0;
+	int r = copy_raw(fd, dst, src, len, wp, &d);
+	TRACE(UFFD_COPY, 0, dst, len, src, (d << 8) | (uint8_t)-r);
+	if (done)
+		*done = d;
+	return r;
 }
 
 static int mv1(int fd, uintptr_t dst, uintptr_t src, size_t len, long long *got)
@@ -219,9 +242,19 @@ static int mv1(int fd, uintptr_t dst, uintptr_t src, size_t len, long long *got)
 
 /* EBUSY (a page shared with a child after fork, or transiently pinned) is
  * retried twice, then reported for that page. */
-int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
+static int move_raw(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
 {
 	UFFD_LOOP(mv1(fd, dst + off, src + off, chunk, &got), move);
+}
+
+int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
+{
+	size_t d = 0;
+	int r = move_raw(fd, dst, src, len, &d);
+	TRACE(UFFD_MOVE, 0, dst, len, src, (d << 8) | (uint8_t)-r);
+	if (done)
+		*done = d;
+	return r;
 }
 
 int uffd_wp(int fd, uintptr_t start, size_t len, bool protect)
@@ -234,6 +267,7 @@ int uffd_wp(int fd, uintptr_t start, size_t len, bool protect)
 	do
 		r = xioctl(fd, UFFDIO_WRITEPROTECT, &w);
 	while (r == -EAGAIN && !tls_no_wait);
+	TRACE(UFFD_WP, 0, start, len, protect, (uint8_t)-r);
 	return r;
 }
 
