@@ -316,12 +316,15 @@ undo:
 		p[i].err = r ? r : -EIO;
 }
 
-static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
+/* Move p[0..k) or a first part of it; returns how many pages were dealt
+ * with.  The copy fallback leaves the gate for a while: what follows a
+ * page copied is left to the caller, to be checked again. */
+static size_t run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 {
 	struct uhmm_devmem *m = devmem_of(p[0].dp);
 	if (!m->host_registered || dev_failing(m->dev)) {
 		copy_run_to_device(h, p, k);
-		return;
+		return k;
 	}
 	size_t i = 0;
 	while (i < k) {
@@ -345,12 +348,17 @@ static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 				p[i].err = -EAGAIN;
 			break;
 		}
-		if (r == -ENOENT)
-			p[i].err = -ENOENT;
-		else
-			copy_run_to_device(h, p + i, 1);
-		i++;
+		if (r == -ENOENT) {
+			p[i++].err = -ENOENT;
+			continue;
+		}
+		/* Out of the gate meanwhile: an munmap may have freed the
+		 * addresses that follow and a new mapping taken them (their
+		 * entries carry the event's marks by now). */
+		copy_run_to_device(h, p + i, 1);
+		return i + 1;
 	}
+	return k;
 }
 
 void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_device *d)
@@ -366,8 +374,7 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 			continue;
 		}
 		size_t k = run_len(p + i, n - i, true);
-		run_to_device(h, p + i, k);
-		i += k;
+		i += run_to_device(h, p + i, k);
 	}
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
