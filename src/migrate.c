@@ -296,13 +296,17 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	gate_resume(h, depth);
 	for (size_t i = 0; i < k; i++) {
 		uint64_t v = atomic_load(p[i].e);
-		p[i].err = (v & PTE_UNMAPPED) ? -ENOENT : 0;
-		if (!(v & PTE_REMAP) || p[i].err)
+		if (!(v & PTE_REMAP)) {
+			p[i].err = (v & PTE_UNMAPPED) ? -ENOENT : 0;
 			continue;
+		}
 		/* Moved before our discard (its CPU page lives on at the new
 		 * address: it stays in system memory) or after it (the page is
 		 * gone there: our copy on the device is its data).  The new
-		 * address's entry is held for the move: nothing fills it. */
+		 * address's entry is held for the move: nothing fills it.
+		 * Marks set after PTE_REMAP are about the old address (an
+		 * mremap's own UNMAP of its source follows its REMAP): an
+		 * UNMAPPED there says nothing about this page. */
 		uintptr_t to;
 		char c;
 		p[i].err = !remap_dest(h, p[i].e, &to) || procmem_read(&c, to, 1) == 1 ? -ENOENT : 0;
