@@ -294,6 +294,18 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	unsigned depth = gate_pause(h);
 	self_discard(h, a, len);
 	gate_resume(h, depth);
+	/* Which of the two happened is told by the marks an mremap or munmap
+	 * leaves on our entries, and its event may not be read yet: an
+	 * mremap that moved the pages before our madvise (which then found
+	 * nothing to discard) queues its REMAP after.  Until every such event
+	 * is read the kernel fails userfaultfd calls with EAGAIN; once it is
+	 * (in the gate: read means handled) the marks are complete.  Removing
+	 * the write protection is that call (the pages are gone from here). */
+	while (uffd_wp(h->uffd, a, len, false) == -EAGAIN) {
+		depth = gate_pause(h);
+		gate_wait_service(h);
+		gate_resume(h, depth);
+	}
 	for (size_t i = 0; i < k; i++) {
 		uint64_t v = atomic_load(p[i].e);
 		if (!(v & PTE_REMAP)) {
