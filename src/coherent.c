@@ -98,7 +98,7 @@ int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d)
 		memset(dst + off, 0, PAGE_SIZE);
 		off += PAGE_SIZE;
 	}
-	self_change_begin(h, g, UHMM_COHERENT_GRANULE);
+	self_change_begin(h, g, UHMM_COHERENT_GRANULE, true);
 	void *p = mmap((void *)g, UHMM_COHERENT_GRANULE, prot, MAP_SHARED | MAP_FIXED, m->fd,
 	               (off_t)(slot * PAGE_SIZE));
 	self_change_end(h);
@@ -174,7 +174,7 @@ int coherent_home(struct uhmm *h, uintptr_t g)
 	memcpy(stage, src, UHMM_COHERENT_GRANULE);
 	if (prot != (PROT_READ | PROT_WRITE))
 		mprotect(stage, UHMM_COHERENT_GRANULE, prot);
-	self_change_begin(h, g, UHMM_COHERENT_GRANULE);
+	self_change_begin(h, g, UHMM_COHERENT_GRANULE, true);
 	void *p = mremap(stage, UHMM_COHERENT_GRANULE, UHMM_COHERENT_GRANULE,
 	                 MREMAP_MAYMOVE | MREMAP_FIXED, (void *)g);
 	self_change_end(h);

@@ -438,7 +438,14 @@ struct uhmm {
 
 	pthread_rwlock_t fork_lock;     /* shared: migrations to a device; exclusive: fork */
 	pthread_mutex_t selfremove_lock; /* our own MADV_DONTNEED (copy fallback) */
-	_Atomic uintptr_t selfremove_start, selfremove_end;
+	/* The change in progress (self_change_begin), under selfremove_mu,
+	 * which nobody holds while waiting for anything: its interval, the
+	 * pages whose own event has not been seen yet, and whether it raises
+	 * UNMAP events too (a coherent granule's remapping). */
+	pthread_mutex_t selfremove_mu;
+	uintptr_t selfremove_start, selfremove_end;
+	uint64_t selfremove_due[BATCH_PAGES / 64];
+	bool selfremove_unmap;
 
 	struct staging staging;
 	struct ahead ahead;
@@ -498,8 +505,12 @@ int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp);
 int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d);
 int coherent_home(struct uhmm *h, uintptr_t g);
 /* Our own mapping changes: the UNMAP/REMOVE events they raise are ignored. */
-void self_change_begin(struct uhmm *h, uintptr_t start, size_t len);
+void self_change_begin(struct uhmm *h, uintptr_t start, size_t len, bool unmap);
 void self_change_end(struct uhmm *h);
+/* Service thread: which pages of an event over [start, end) are our own
+ * change's; returns the base of own[] (bit i: page base + i) or 0. */
+uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool unmap,
+                            uint64_t own[BATCH_PAGES / 64]);
 /* Zero-fill (read: zero page, write: fresh page) a run of NONE pages. */
 int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write, size_t *done);
 

@@ -182,16 +182,30 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 /*
  * Our own changes to registered mappings (MADV_DONTNEED in the copy
  * fallback, mmap/mremap of coherent granules) raise REMOVE/UNMAP events
- * that are ours, not the application's: service.c ignores events inside
- * the marked interval.  The kernel call returns as soon as the service
- * thread has *read* the event, so the marker stays until the batch that
- * read it was handled.
+ * that are ours, not the application's.  The application may discard the
+ * same pages at the same time (its madvise raises the same event, for the
+ * same range when the page is alone in its mapping), so an event inside
+ * the interval is not necessarily ours.  Our change raises exactly one
+ * event per page (one per mapping it spans, over that mapping's part), so
+ * the service thread skips, for each page, the first event that covers it
+ * and applies any other: when both discarded a page, which of the two is
+ * skipped makes no difference.  An UNMAP is never a discard's.  The kernel
+ * call returns as soon as the service thread has *read* the event, so the
+ * marker stays until the batch that read it was handled.
  */
-void self_change_begin(struct uhmm *h, uintptr_t start, size_t len)
+void self_change_begin(struct uhmm *h, uintptr_t start, size_t len, bool unmap)
 {
 	pthread_mutex_lock(&h->selfremove_lock);
-	atomic_store(&h->selfremove_start, start);
-	atomic_store(&h->selfremove_end, start + len);
+	size_t n = MIN(len / PAGE_SIZE, (size_t)BATCH_PAGES);
+	pthread_mutex_lock(&h->selfremove_mu);
+	for (size_t i = 0; i < BATCH_PAGES / 64; i++)
+		h->selfremove_due[i] = 0;
+	for (size_t i = 0; i < n; i++)
+		h->selfremove_due[i / 64] |= 1ULL << (i % 64);
+	h->selfremove_start = start;
+	h->selfremove_end = start + n * PAGE_SIZE;
+	h->selfremove_unmap = unmap;
+	pthread_mutex_unlock(&h->selfremove_mu);
 }
 
 void self_change_end(struct uhmm *h)
@@ -200,14 +214,37 @@ void self_change_end(struct uhmm *h)
 	if (seq & 1)
 		while (atomic_load(&h->svc_seq) == seq)
 			sched_yield();
-	atomic_store(&h->selfremove_start, 0);
-	atomic_store(&h->selfremove_end, 0);
+	pthread_mutex_lock(&h->selfremove_mu);
+	h->selfremove_start = h->selfremove_end = 0;
+	pthread_mutex_unlock(&h->selfremove_mu);
 	pthread_mutex_unlock(&h->selfremove_lock);
+}
+
+uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool unmap,
+                            uint64_t own[BATCH_PAGES / 64])
+{
+	memset(own, 0, BATCH_PAGES / 64 * sizeof(own[0]));
+	pthread_mutex_lock(&h->selfremove_mu);
+	uintptr_t s0 = h->selfremove_start, e0 = h->selfremove_end;
+	bool any = false;
+	if (e0 > s0 && (!unmap || h->selfremove_unmap)) {
+		for (uintptr_t a = MAX(start, s0); a < MIN(end, e0); a += PAGE_SIZE) {
+			size_t i = (a - s0) / PAGE_SIZE;
+			uint64_t bit = 1ULL << (i % 64);
+			if (h->selfremove_due[i / 64] & bit) {
+				h->selfremove_due[i / 64] &= ~bit;
+				own[i / 64] |= bit;
+				any = true;
+			}
+		}
+	}
+	pthread_mutex_unlock(&h->selfremove_mu);
+	return any ? s0 : 0;
 }
 
 static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 {
-	self_change_begin(h, start, len);
+	self_change_begin(h, start, len, false);
 	TRACE(SELF_DISCARD, 0, start, len, 0, 0);
 	madvise((void *)start, len, MADV_DONTNEED);
 	self_change_end(h);

@@ -181,6 +181,35 @@ static void retry_deferred(struct svc *s, bool drained)
 	s->n = k;
 }
 
+/* An UNMAP or REMOVE over [st, en): the pages our own change is due to
+ * raise an event for are skipped once (self_change_begin); the rest are
+ * the application's. */
+static void cpu_change(struct uhmm *h, uintptr_t st, uintptr_t en, bool unmap)
+{
+	uint64_t own[BATCH_PAGES / 64];
+	uintptr_t base = self_change_claim(h, st, en, unmap, own);
+	uintptr_t run = st;
+	uintptr_t hi = base ? MIN(en, base + (uintptr_t)BATCH_PAGES * PAGE_SIZE) : 0;
+	for (uintptr_t a = MAX(st, base); a < hi; a += PAGE_SIZE) {
+		size_t i = (a - base) / PAGE_SIZE;
+		if (!(own[i / 64] >> (i % 64) & 1))
+			continue;
+		if (a > run) {
+			if (unmap)
+				unmap_range(h, run, a);
+			else
+				discard_range(h, run, a, UHMM_EVENT_DISCARD);
+		}
+		run = a + PAGE_SIZE;
+	}
+	if (en > run) {
+		if (unmap)
+			unmap_range(h, run, en);
+		else
+			discard_range(h, run, en, UHMM_EVENT_DISCARD);
+	}
+}
+
 static void handle(struct svc *s, const struct uffd_msg *m)
 {
 	struct uhmm *h = s->h;
@@ -197,24 +226,19 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	case UFFD_EVENT_REMOVE: {
 		uintptr_t st = m->arg.remove.start, en = m->arg.remove.end;
 		stat_add(h, ST_EVENTS, 1);
-		TRACE(EV_REMOVE, 0, st, en - st, atomic_load(&h->selfremove_start),
-		      atomic_load(&h->selfremove_end));
-		/* Our own copy-fallback discard (maybe split per VMA); the
-		 * discarding thread keeps the marker until this batch is
-		 * handled (see self_discard). */
-		if (st >= atomic_load(&h->selfremove_start) && en <= atomic_load(&h->selfremove_end))
-			break;
-		discard_range(h, st, en, UHMM_EVENT_DISCARD);
+		TRACE(EV_REMOVE, 0, st, en - st, h->selfremove_start, h->selfremove_end);
+		/* Our own copy-fallback discard (maybe split per VMA) is
+		 * skipped; the discarding thread keeps its marker until this
+		 * batch is handled (see self_change_begin). */
+		cpu_change(h, st, en, false);
 		break;
 	}
 	case UFFD_EVENT_UNMAP:
 		stat_add(h, ST_EVENTS, 1);
 		TRACE(EV_UNMAP, 0, m->arg.remove.start, m->arg.remove.end - m->arg.remove.start,
-		      atomic_load(&h->selfremove_start), atomic_load(&h->selfremove_end));
-		if (m->arg.remove.start >= atomic_load(&h->selfremove_start) &&
-		    m->arg.remove.end <= atomic_load(&h->selfremove_end))
-			break; /* our own remapping of a coherent granule */
-		unmap_range(h, m->arg.remove.start, m->arg.remove.end);
+		      h->selfremove_start, h->selfremove_end);
+		/* Never a discard's; maybe our own remapping of a coherent granule. */
+		cpu_change(h, m->arg.remove.start, m->arg.remove.end, true);
 		break;
 	case UFFD_EVENT_REMAP:
 		stat_add(h, ST_EVENTS, 1);
