@@ -193,6 +193,23 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 	return found;
 }
 
+/* The value a pending move brings to the (busy) entry ne, if one does:
+ * the value known already, or what the source entry holds now (its holder
+ * publishes the value when it unlocks).  For uhmm_query. */
+bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v)
+{
+	bool found = false;
+	pthread_mutex_lock(&h->remap_lock);
+	for (struct remap_pending *rp = h->remaps; rp && !found; rp = rp->next) {
+		if (rp->to == ne) {
+			*v = rp->have_value ? rp->value : atomic_load(rp->from);
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&h->remap_lock);
+	return found;
+}
+
 /* The new entry's holder gave it up (PTE_INSTALL): it is ours, locked. */
 void remap_take(struct uhmm *h, _Atomic uint64_t *ne)
 {

@@ -572,6 +572,7 @@ void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
 void remap_take(struct uhmm *h, _Atomic uint64_t *ne);
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
+bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
 
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);
