@@ -116,6 +116,8 @@ struct remap_pending {
 	uint64_t value, to_old;
 	bool have_value, have_to;
 	bool discarded; /* the old entry was marked DISCARD before the move */
+	bool after_install; /* the old entry was already PTE_INSTALL: what moves
+	                       on is the page moved in, not its holder's */
 	struct remap_pending *next;
 };
 
@@ -191,6 +193,22 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	return found;
+}
+
+/* A busy entry marked both PTE_REMAP and PTE_INSTALL: was its holder's
+ * page moved away before another one was moved in? */
+bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e)
+{
+	bool before = false;
+	pthread_mutex_lock(&h->remap_lock);
+	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
+		if (rp->from == e && !rp->have_value) {
+			before = !rp->after_install;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->remap_lock);
+	return before;
 }
 
 /* The value a pending move brings to the (busy) entry ne, if one does:
@@ -285,8 +303,10 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		 * record); marks set later are about what is mapped here next. */
 		pthread_mutex_lock(&h->remap_lock);
 		bool ok = atomic_compare_exchange_weak(e, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_REMAP);
-		if (ok)
+		if (ok) {
 			rp->discarded = cur & PTE_DISCARD;
+			rp->after_install = cur & PTE_INSTALL;
+		}
 		pthread_mutex_unlock(&h->remap_lock);
 		if (ok) {
 			TRACE(MARK, e, addr, 0, cur, PTE_REMAP);

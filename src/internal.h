@@ -573,6 +573,7 @@ void remap_take(struct uhmm *h, _Atomic uint64_t *ne);
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
+bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e);
 
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);
