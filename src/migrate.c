@@ -242,11 +242,28 @@ uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool
 	return any ? s0 : 0;
 }
 
+/*
+ * MADV_DONTNEED acts on whatever is mapped at the addresses when it runs,
+ * and we are out of the gate: an munmap or mremap of our pages may have
+ * freed them and a new mapping taken them, whose data is not ours to
+ * discard.  Right before it, write-protecting the range (which it is
+ * already) succeeds only if our registered range is still there; it fails
+ * with EAGAIN, and is retried, while an event is unread.  Where it fails
+ * otherwise, page by page: a page whose range went away is left to its
+ * event's marks.  (Between the check and the madvise a new mapping could
+ * still take freed addresses: a window of two system calls, not closed.)
+ */
 static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 {
 	self_change_begin(h, start, len, false);
 	TRACE(SELF_DISCARD, 0, start, len, 0, 0);
-	madvise((void *)start, len, MADV_DONTNEED);
+	if (uffd_wp(h->uffd, start, len, true) == 0) {
+		madvise((void *)start, len, MADV_DONTNEED);
+	} else {
+		for (uintptr_t a = start; a < start + len; a += PAGE_SIZE)
+			if (uffd_wp(h->uffd, a, PAGE_SIZE, true) == 0)
+				madvise((void *)a, PAGE_SIZE, MADV_DONTNEED);
+	}
 	self_change_end(h);
 }
 
