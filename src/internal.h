@@ -15,7 +15,10 @@
  * holding one may itself wait for the service thread to read a REMOVE
  * event (its own MADV_DONTNEED in the copy fallback).
  *
- * Lock order: page locks (ascending address) → the identity gate (gate.c)
+ * Lock order: page locks (ascending address; a thread that holds one only
+ * try-locks more: the entry at an mremap's destination stays held for a
+ * move in flight until its source's holder lets go, whatever their
+ * addresses, see events.c) → the identity gate (gate.c)
  * → device locks (a backend's own) → devmem allocation lock → registry
  * lock.  Mirror invalidate callbacks run with page locks held and may take
  * device locks; a device never waits for a page lock while holding its own

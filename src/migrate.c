@@ -530,10 +530,18 @@ static void home_flush(struct home_arg *ha)
 	/* Pages the kernel refused while the mm was changing are tried again
 	 * once that event is handled (never reported as failed for it). */
 	while (ha->n) {
-		size_t k = 0;
+		size_t k = 0, rest = ha->n;
 		for (size_t i = 0; i < ha->n; i++) {
 			_Atomic uint64_t *e = ptable_entry(&h->pt, ha->addrs[i], false);
-			uint64_t v = pte_lock(e);
+			uint64_t v;
+			if (!k) {
+				v = pte_lock(e);
+			} else if (!pte_trylock(e, &v)) {
+				/* Never wait while holding others (see
+				 * migrate_window): the rest is the next batch. */
+				rest = i;
+				break;
+			}
 			if (pte_state(v) != UHMM_STATE_DEVICE ||
 			    (ha->only && devmem_of(pte_dpage(v))->dev != ha->only)) {
 				page_unlock(h, e, v);
@@ -555,7 +563,9 @@ static void home_flush(struct home_arg *ha)
 		}
 		if (k)
 			wake_range(h, p[0].addr, p[k - 1].addr + PAGE_SIZE - p[0].addr);
-		ha->n = again;
+		/* again <= k <= rest: the pages not locked yet follow. */
+		memmove(&ha->addrs[again], &ha->addrs[rest], (ha->n - rest) * sizeof(ha->addrs[0]));
+		ha->n = again + (ha->n - rest);
 		if (again)
 			gate_wait_service(h);
 	}
@@ -712,7 +722,18 @@ static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct u
 				(*migrated)++;
 			continue;
 		}
-		uint64_t v = pte_lock(e);
+		uint64_t v;
+		if (!n) {
+			v = pte_lock(e);
+		} else if (!pte_trylock(e, &v)) {
+			/* Never wait for a page while holding others: an entry
+			 * held for an mremap in flight waits for its source's
+			 * holder, who may be us (the window was bounded by a
+			 * registry that may have changed since).  The window
+			 * ends here; the next one starts with this page. */
+			*bep = be = pa;
+			break;
+		}
 		unsigned st = pte_state(v);
 		bool want = to ? st == UHMM_STATE_SYSTEM : st == UHMM_STATE_DEVICE;
 		if (want) {

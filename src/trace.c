@@ -171,6 +171,8 @@ void uhmm_trace_dump(struct uhmm *h, const void *addr)
 	if (!g_ring)
 		return;
 	dump_all();
+	if (!addr)
+		return;
 	dump_one(h, addr);
 	uintptr_t an = atomic_load(&g_anomaly);
 	if (an) {

@@ -947,6 +947,9 @@ static void *watchdog_main(void *arg)
 			        W[t].opname ? W[t].opname : "?");
 		fflush(stderr);
 		dump_threads();
+#ifdef UHMM_TRACE
+		uhmm_trace_dump(H, NULL); /* UHMM_TRACE_FILE: the whole ring */
+#endif
 		_exit(3);
 	}
 	return NULL;
