@@ -368,6 +368,8 @@ void prot_cache_init(struct prot_cache *c, uintptr_t start, uintptr_t end);
 int prot_at(struct prot_cache *c, uintptr_t addr);
 /* Is the page mapped with the shared zero page?  (pagemap; -1 unknown) */
 int page_is_zero(uintptr_t addr);
+/* Which of n pages from addr are present (pagemap); 0 or -EIO. */
+int pages_present(uintptr_t addr, size_t n, bool *present);
 
 /* ------------------------------------------------------------------------
  * Context (context.c).

@@ -360,10 +360,19 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		gate_wait_service(h);
 		gate_resume(h, depth);
 	}
+	/* And did our discard take the pages?  MADV_DONTNEED does not say:
+	 * if the mapping at its start went away while it waited for its
+	 * event to be read, it gives up (ENOMEM) and discards nothing; if
+	 * the mapping was split meanwhile, it skips the part that left.  A
+	 * page still present here (no event moved or unmapped it) stays in
+	 * system memory: our copy is dropped. */
+	bool present[BATCH_PAGES];
+	if (pages_present(a, k, present))
+		memset(present, 1, k * sizeof(present[0]));
 	for (size_t i = 0; i < k; i++) {
 		uint64_t v = atomic_load(p[i].e);
 		if (!(v & PTE_REMAP)) {
-			p[i].err = (v & PTE_UNMAPPED) ? -ENOENT : 0;
+			p[i].err = (v & PTE_UNMAPPED) ? -ENOENT : present[i] ? -EBUSY : 0;
 			continue;
 		}
 		/* Moved before our discard (its CPU page lives on at the new
