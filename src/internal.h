@@ -450,6 +450,7 @@ struct uhmm {
 	pthread_mutex_t selfremove_mu;
 	uintptr_t selfremove_start, selfremove_end;
 	uint64_t selfremove_due[BATCH_PAGES / 64];
+	uint64_t selfremove_again[BATCH_PAGES / 64]; /* one more event due (a hole) */
 	bool selfremove_unmap;
 
 	struct staging staging;
@@ -516,6 +517,8 @@ void self_change_end(struct uhmm *h);
  * change's; returns the base of own[] (bit i: page base + i) or 0. */
 uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool unmap,
                             uint64_t own[BATCH_PAGES / 64]);
+/* Service thread: [start, end) was unmapped or moved away (self_change_begin). */
+void self_change_hole(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* Zero-fill (read: zero page, write: fresh page) a run of NONE pages. */
 int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write, size_t *done);
 

@@ -199,7 +199,7 @@ void self_change_begin(struct uhmm *h, uintptr_t start, size_t len, bool unmap)
 	size_t n = MIN(len / PAGE_SIZE, (size_t)BATCH_PAGES);
 	pthread_mutex_lock(&h->selfremove_mu);
 	for (size_t i = 0; i < BATCH_PAGES / 64; i++)
-		h->selfremove_due[i] = 0;
+		h->selfremove_due[i] = h->selfremove_again[i] = 0;
 	for (size_t i = 0; i < n; i++)
 		h->selfremove_due[i / 64] |= 1ULL << (i % 64);
 	h->selfremove_start = start;
@@ -235,6 +235,10 @@ uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool
 				h->selfremove_due[i / 64] &= ~bit;
 				own[i / 64] |= bit;
 				any = true;
+			} else if (!unmap && (h->selfremove_again[i / 64] & bit)) {
+				h->selfremove_again[i / 64] &= ~bit;
+				own[i / 64] |= bit;
+				any = true;
 			}
 		}
 	}
@@ -253,6 +257,29 @@ uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool
  * event's marks.  (Between the check and the madvise a new mapping could
  * still take freed addresses: a window of two system calls, not closed.)
  */
+/*
+ * The kernel repeats a REMOVE: madvise drops the mmap lock while its event
+ * is read, and if an munmap or mremap made a hole in the range meanwhile,
+ * it discards up to the hole and raises a second REMOVE for the part of
+ * the range after it, over pages its first event covered already.  An
+ * UNMAP or REMAP (read in between) over part of our interval makes one
+ * more event due for the pages after it that had theirs.
+ */
+void self_change_hole(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	pthread_mutex_lock(&h->selfremove_mu);
+	uintptr_t s0 = h->selfremove_start, e0 = h->selfremove_end;
+	if (e0 > s0 && !h->selfremove_unmap && start < e0 && end > s0) {
+		for (uintptr_t a = MAX(end, s0); a < e0; a += PAGE_SIZE) {
+			size_t i = (a - s0) / PAGE_SIZE;
+			uint64_t bit = 1ULL << (i % 64);
+			if (!(h->selfremove_due[i / 64] & bit))
+				h->selfremove_again[i / 64] |= bit;
+		}
+	}
+	pthread_mutex_unlock(&h->selfremove_mu);
+}
+
 static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 {
 	self_change_begin(h, start, len, false);

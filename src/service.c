@@ -237,11 +237,13 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 		stat_add(h, ST_EVENTS, 1);
 		TRACE(EV_UNMAP, 0, m->arg.remove.start, m->arg.remove.end - m->arg.remove.start,
 		      h->selfremove_start, h->selfremove_end);
+		self_change_hole(h, m->arg.remove.start, m->arg.remove.end);
 		/* Never a discard's; maybe our own remapping of a coherent granule. */
 		cpu_change(h, m->arg.remove.start, m->arg.remove.end, true);
 		break;
 	case UFFD_EVENT_REMAP:
 		stat_add(h, ST_EVENTS, 1);
+		self_change_hole(h, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len);
 		remap_range(h, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
 		break;
 	default:
