@@ -22,18 +22,27 @@
 
 #define GPAGES (UHMM_COHERENT_GRANULE / PAGE_SIZE)
 
+/* Never waits for a page while holding others (an entry held for an
+ * mremap in flight waits for its source's holder): at a busy page it lets
+ * go of the others, waits for that one, and starts again. */
 static int lock_granule(struct uhmm *h, uintptr_t g, _Atomic uint64_t **e, uint64_t *v)
 {
-	for (size_t i = 0; i < GPAGES; i++) {
-		e[i] = ptable_entry(&h->pt, g + i * PAGE_SIZE, true);
-		if (!e[i]) {
-			while (i--)
-				page_unlock(h, e[i], v[i]);
-			return -ENOMEM;
+	for (;;) {
+		size_t i;
+		for (i = 0; i < GPAGES; i++) {
+			e[i] = ptable_entry(&h->pt, g + i * PAGE_SIZE, true);
+			if (!e[i] || !pte_trylock(e[i], &v[i]))
+				break;
 		}
-		v[i] = pte_lock(e[i]);
+		if (i == GPAGES)
+			return 0;
+		_Atomic uint64_t *busy = e[i];
+		while (i--)
+			page_unlock(h, e[i], v[i]);
+		if (!busy)
+			return -ENOMEM;
+		page_unlock(h, busy, pte_lock(busy));
 	}
-	return 0;
 }
 
 static void unlock_granule(struct uhmm *h, uintptr_t g, _Atomic uint64_t **e, uint64_t *v)
@@ -98,7 +107,7 @@ int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d)
 		memset(dst + off, 0, PAGE_SIZE);
 		off += PAGE_SIZE;
 	}
-	self_change_begin(h, g, UHMM_COHERENT_GRANULE);
+	self_change_begin(h, g, UHMM_COHERENT_GRANULE, true);
 	void *p = mmap((void *)g, UHMM_COHERENT_GRANULE, prot, MAP_SHARED | MAP_FIXED, m->fd,
 	               (off_t)(slot * PAGE_SIZE));
 	self_change_end(h);
@@ -174,7 +183,7 @@ int coherent_home(struct uhmm *h, uintptr_t g)
 	memcpy(stage, src, UHMM_COHERENT_GRANULE);
 	if (prot != (PROT_READ | PROT_WRITE))
 		mprotect(stage, UHMM_COHERENT_GRANULE, prot);
-	self_change_begin(h, g, UHMM_COHERENT_GRANULE);
+	self_change_begin(h, g, UHMM_COHERENT_GRANULE, true);
 	void *p = mremap(stage, UHMM_COHERENT_GRANULE, UHMM_COHERENT_GRANULE,
 	                 MREMAP_MAYMOVE | MREMAP_FIXED, (void *)g);
 	self_change_end(h);

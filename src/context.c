@@ -179,6 +179,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	pthread_mutex_init(&h->dev_lock, NULL);
 	pthread_rwlock_init(&h->fork_lock, NULL);
 	pthread_mutex_init(&h->selfremove_lock, NULL);
+	pthread_mutex_init(&h->selfremove_mu, NULL);
 	pthread_mutex_init(&h->remap_lock, NULL);
 
 	if (h->mode == UHMM_FAULT_SIGBUS && (r = sigbus_acquire()))
@@ -256,6 +257,7 @@ UHMM_API int uhmm_close(struct uhmm *h)
 	pthread_mutex_destroy(&h->dev_lock);
 	pthread_rwlock_destroy(&h->fork_lock);
 	pthread_mutex_destroy(&h->selfremove_lock);
+	pthread_mutex_destroy(&h->selfremove_mu);
 	free(h);
 	return 0;
 }

@@ -60,8 +60,10 @@ static int discard_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		if (v & PTE_BUSY) {
 			/* Its holder applies the discard when it unlocks. */
 			uint64_t mark = PTE_DISCARD | (da->ev == UHMM_EVENT_UNMAP ? PTE_UNMAPPED : 0);
-			if (atomic_compare_exchange_weak(e, &v, v | mark))
+			if (atomic_compare_exchange_weak(e, &v, v | mark)) {
+				PTRACE(MARK, e, addr, 0, v, mark);
 				return 0;
+			}
 			continue;
 		}
 		uint64_t old;
@@ -81,6 +83,7 @@ void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_eve
 {
 	/* Busy pages are invalidated now; their holders only unlock later. */
 	mirror_invalidate(h, start, end, ev, NULL);
+	PTRACE(DISCARD, 0, start, end - start, ev, 0);
 	struct discard_arg *da = malloc(sizeof(*da));
 	if (!da)
 		return;
@@ -115,6 +118,8 @@ struct remap_pending {
 	uint64_t value, to_old;
 	bool have_value, have_to;
 	bool discarded; /* the old entry was marked DISCARD before the move */
+	bool after_install; /* the old entry was already PTE_INSTALL: what moves
+	                       on is the page moved in, not its holder's */
 	struct remap_pending *next;
 };
 
@@ -126,6 +131,7 @@ static void remap_move(struct uhmm *h, _Atomic uint64_t *ne, uint64_t nold, uint
 		dpage_put(pte_dpage(nold));
 	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT)
 		dpage_set_vaddr(pte_dpage(v), na);
+	PTRACE(REMAP_MOVE, ne, na, 0, v, nold);
 	page_unlock(h, ne, v);
 	wake_range(h, na, PAGE_SIZE);
 }
@@ -156,6 +162,7 @@ static void remap_complete(struct uhmm *h, struct remap_pending *rp)
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 {
 	struct remap_pending *done = NULL;
+	PTRACE(REMAP_FINISH, e, 0, 0, value, 0);
 	pthread_mutex_lock(&h->remap_lock);
 	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
 		if (rp->from == e && !rp->have_value) {
@@ -190,9 +197,43 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 	return found;
 }
 
+/* A busy entry marked both PTE_REMAP and PTE_INSTALL: was its holder's
+ * page moved away before another one was moved in? */
+bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e)
+{
+	bool before = false;
+	pthread_mutex_lock(&h->remap_lock);
+	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
+		if (rp->from == e && !rp->have_value) {
+			before = !rp->after_install;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->remap_lock);
+	return before;
+}
+
+/* The value a pending move brings to the (busy) entry ne, if one does:
+ * the value known already, or what the source entry holds now (its holder
+ * publishes the value when it unlocks).  For uhmm_query. */
+bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v)
+{
+	bool found = false;
+	pthread_mutex_lock(&h->remap_lock);
+	for (struct remap_pending *rp = h->remaps; rp && !found; rp = rp->next) {
+		if (rp->to == ne) {
+			*v = rp->have_value ? rp->value : atomic_load(rp->from);
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&h->remap_lock);
+	return found;
+}
+
 /* The new entry's holder gave it up (PTE_INSTALL): it is ours, locked. */
 void remap_take(struct uhmm *h, _Atomic uint64_t *ne)
 {
+	PTRACE(REMAP_TAKE, ne, 0, 0, 0, 0);
 	uint64_t v = atomic_load(ne);
 	while (!atomic_compare_exchange_weak(ne, &v, v & ~PTE_INSTALL))
 		;
@@ -244,8 +285,10 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 			break;
 		}
 		if ((cur & PTE_BUSY) &&
-		    atomic_compare_exchange_weak(ne, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_INSTALL))
+		    atomic_compare_exchange_weak(ne, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_INSTALL)) {
+			PTRACE(MARK, ne, na, 0, cur, PTE_INSTALL);
 			break;
+		}
 	}
 	/* The old end: never wait for its holder (a migration, which may
 	 * itself wait for this thread); its unlocker finishes the move. */
@@ -262,11 +305,15 @@ static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 		 * record); marks set later are about what is mapped here next. */
 		pthread_mutex_lock(&h->remap_lock);
 		bool ok = atomic_compare_exchange_weak(e, &cur, (cur & ~(PTE_DISCARD | PTE_UNMAPPED)) | PTE_REMAP);
-		if (ok)
+		if (ok) {
 			rp->discarded = cur & PTE_DISCARD;
+			rp->after_install = cur & PTE_INSTALL;
+		}
 		pthread_mutex_unlock(&h->remap_lock);
-		if (ok)
+		if (ok) {
+			PTRACE(MARK, e, addr, 0, cur, PTE_REMAP);
 			break;
+		}
 	}
 	return 0;
 }
@@ -277,6 +324,7 @@ static int reset_dest_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
 	struct uhmm *h = arg;
 	(void)addr;
+	PTRACE(RESET, e, addr, 0, atomic_load(e), 1);
 	for (;;) {
 		uint64_t old, v = atomic_load(e);
 		if (v == 0)
@@ -287,8 +335,10 @@ static int reset_dest_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 			page_unlock(h, e, 0);
 			return 0;
 		}
-		if ((v & PTE_BUSY) && atomic_compare_exchange_weak(e, &v, v | PTE_DISCARD | PTE_UNMAPPED))
+		if ((v & PTE_BUSY) && atomic_compare_exchange_weak(e, &v, v | PTE_DISCARD | PTE_UNMAPPED)) {
+			PTRACE(MARK, e, addr, 0, v, PTE_DISCARD | PTE_UNMAPPED);
 			return 0;
+		}
 	}
 }
 
@@ -314,6 +364,7 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 		still = r == 0;
 	else
 		still = vma_registered(from);
+	PTRACE(EV_REMAP, 0, from, len, to, still | (r == -EAGAIN ? 2 : 0));
 	range_move(h, from, to, len, still);
 }
 
@@ -334,6 +385,7 @@ void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end)
 	for (int i = 0; i <= (n > 0 ? n : 0); i++) {
 		uintptr_t stop = i < n ? live[i].start : end;
 		if (stop > at) {
+			PTRACE(UNMAP_PART, 0, at, stop - at, n, 0);
 			discard_range(h, at, stop, UHMM_EVENT_UNMAP);
 			range_forget(h, at, stop);
 		}

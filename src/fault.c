@@ -257,6 +257,7 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 	}
 	rc = resolve_locked(h, &now, page, e, v, flags, tid);
 	gate_exit(h, entered);
+	PTRACE(FAULT, e, page, 0, v, rc);
 	return rc;
 }
 

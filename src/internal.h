@@ -15,7 +15,10 @@
  * holding one may itself wait for the service thread to read a REMOVE
  * event (its own MADV_DONTNEED in the copy fallback).
  *
- * Lock order: page locks (ascending address) → the identity gate (gate.c)
+ * Lock order: page locks (ascending address; a thread that holds one only
+ * try-locks more: the entry at an mremap's destination stays held for a
+ * move in flight until its source's holder lets go, whatever their
+ * addresses, see events.c) → the identity gate (gate.c)
  * → device locks (a backend's own) → devmem allocation lock → registry
  * lock.  Mirror invalidate callbacks run with page locks held and may take
  * device locks; a device never waits for a page lock while holding its own
@@ -397,6 +400,8 @@ void prot_cache_init(struct prot_cache *c, uintptr_t start, uintptr_t end);
 int prot_at(struct prot_cache *c, uintptr_t addr);
 /* Is the page mapped with the shared zero page?  (pagemap; -1 unknown) */
 int page_is_zero(uintptr_t addr);
+/* Which of n pages from addr are present (pagemap); 0 or -EIO. */
+int pages_present(uintptr_t addr, size_t n, bool *present);
 
 /* ------------------------------------------------------------------------
  * Context (context.c).
@@ -470,7 +475,15 @@ struct uhmm {
 
 	pthread_rwlock_t fork_lock;     /* shared: migrations to a device; exclusive: fork */
 	pthread_mutex_t selfremove_lock; /* our own MADV_DONTNEED (copy fallback) */
-	_Atomic uintptr_t selfremove_start, selfremove_end;
+	/* The change in progress (self_change_begin), under selfremove_mu,
+	 * which nobody holds while waiting for anything: its interval, the
+	 * pages whose own event has not been seen yet, and whether it raises
+	 * UNMAP events too (a coherent granule's remapping). */
+	pthread_mutex_t selfremove_mu;
+	uintptr_t selfremove_start, selfremove_end;
+	uint64_t selfremove_due[BATCH_PAGES / 64];
+	uint64_t selfremove_again[BATCH_PAGES / 64]; /* one more event due (a hole) */
+	bool selfremove_unmap;
 
 	struct staging staging;
 	struct ahead ahead;
@@ -530,8 +543,14 @@ int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp);
 int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d);
 int coherent_home(struct uhmm *h, uintptr_t g);
 /* Our own mapping changes: the UNMAP/REMOVE events they raise are ignored. */
-void self_change_begin(struct uhmm *h, uintptr_t start, size_t len);
+void self_change_begin(struct uhmm *h, uintptr_t start, size_t len, bool unmap);
 void self_change_end(struct uhmm *h);
+/* Service thread: which pages of an event over [start, end) are our own
+ * change's; returns the base of own[] (bit i: page base + i) or 0. */
+uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool unmap,
+                            uint64_t own[BATCH_PAGES / 64]);
+/* Service thread: [start, end) was unmapped or moved away (self_change_begin). */
+void self_change_hole(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* Zero-fill (read: zero page, write: fresh page) a run of NONE pages. */
 int populate_zero(struct uhmm *h, uintptr_t addr, size_t n, bool write, size_t *done);
 
@@ -593,10 +612,46 @@ void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
 void remap_take(struct uhmm *h, _Atomic uint64_t *ne);
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
+bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
+bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e);
 
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);
 void contexts_unlock(void);
+
+/* ------------------------------------------------------------------------
+ * Page trace (pagetrace.c): built only with -Dtrace=true (UHMM_TRACE);
+ * otherwise PTRACE() is empty (the run-time ring is trace.c, TRACE()).  A ring of recent page-level events, dumped per page.
+ * ---------------------------------------------------------------------- */
+#define PTRACE_OPS(X)                                                             \
+	X(LOCK) X(TRYLOCK) X(UNLOCK) X(MARK) X(EV_REMOVE) X(EV_UNMAP) X(EV_REMAP)   \
+	X(UNMAP_PART) X(DISCARD) X(REMAP_FINISH) X(REMAP_TAKE) X(REMAP_MOVE)         \
+	X(UFFD_MOVE) X(UFFD_COPY) X(UFFD_ZERO) X(UFFD_WP) X(UFFD_REG) X(UFFD_UNREG)  \
+	X(PROCMEM_READ) X(SELF_DISCARD) X(REG_EDIT) X(REG_INSERT) X(FAULT)           \
+	X(FAULT_SVC) X(MIG_DEV) X(MIG_SYS) X(RECHECK_DROP) X(DEV_ACCESS)             \
+	X(MAKE_PRESENT) X(RESET)                                                     \
+	X(APP_CPU_WRITE) X(APP_DEV_WRITE) X(APP_MADVISE) X(APP_MUNMAP) X(APP_MREMAP) \
+	X(APP_ALLOC) X(APP_FREE) X(APP_RANGE_ADD) X(APP_RANGE_REMOVE) X(APP_CHECK)   \
+	X(APP_FORK) X(APP_MIGRATE) X(APP_FOREIGN) X(APP_FAIL)
+enum {
+#define X(n) PT_##n,
+	PTRACE_OPS(X)
+#undef X
+	PT__N
+};
+#ifdef UHMM_TRACE
+void ptrace_rec(unsigned op, uintptr_t e, uintptr_t a, uint64_t len, uint64_t x, uint64_t y);
+void uhmm_trace_note(unsigned op, const void *addr, size_t len, uint64_t x, uint64_t y);
+void uhmm_trace_dump(struct uhmm *h, const void *addr);
+void ptrace_anomaly(uintptr_t addr); /* dumped too */
+#define PTRACE_ANOMALY(a) ptrace_anomaly((uintptr_t)(a))
+#define PTRACE(op, e, a, len, x, y)                                                  \
+	ptrace_rec(PT_##op, (uintptr_t)(e), (uintptr_t)(a), (uint64_t)(len), (uint64_t)(x), \
+	          (uint64_t)(y))
+#else
+#define PTRACE(op, e, a, len, x, y) ((void)0)
+#define PTRACE_ANOMALY(a) ((void)0)
+#endif
 
 static inline bool aligned(uintptr_t x) { return (x & PAGE_MASK) == 0; }
 /* Validate (addr, len): aligned, non-zero, no wrap. */

@@ -56,6 +56,7 @@ size_t mpages_recheck(struct uhmm *h, struct mpage *p, size_t n, size_t *dropped
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (atomic_load(p[i].e) & PTE_MARKS) {
+			PTRACE(RECHECK_DROP, p[i].e, p[i].addr, 0, atomic_load(p[i].e), 0);
 			if (p[i].dp && pte_state(p[i].old) == UHMM_STATE_SYSTEM)
 				dpage_put(p[i].dp); /* allocated for it, never filled */
 			page_unlock(h, p[i].e, p[i].old);
@@ -197,6 +198,8 @@ static void run_home(struct uhmm *h, struct mpage *p, size_t k)
 	}
 	for (size_t i = 0; i < k; i++)
 		p[i].err = i * PAGE_SIZE < done ? 0 : (r ? r : -EIO);
+	if (r == -EEXIST) /* a page is mapped where the table says DEVICE */
+		PTRACE_ANOMALY(p[0].addr + done);
 }
 
 void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator)
@@ -216,6 +219,7 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 	}
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
+		PTRACE(MIG_SYS, p[i].e, p[i].addr, 0, p[i].err, (uintptr_t)p[i].dp);
 		if (p[i].err) {
 			p[i].new = p[i].old;
 			continue;
@@ -236,16 +240,30 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 /*
  * Our own changes to registered mappings (MADV_DONTNEED in the copy
  * fallback, mmap/mremap of coherent granules) raise REMOVE/UNMAP events
- * that are ours, not the application's: service.c ignores events inside
- * the marked interval.  The kernel call returns as soon as the service
- * thread has *read* the event, so the marker stays until the batch that
- * read it was handled.
+ * that are ours, not the application's.  The application may discard the
+ * same pages at the same time (its madvise raises the same event, for the
+ * same range when the page is alone in its mapping), so an event inside
+ * the interval is not necessarily ours.  Our change raises exactly one
+ * event per page (one per mapping it spans, over that mapping's part), so
+ * the service thread skips, for each page, the first event that covers it
+ * and applies any other: when both discarded a page, which of the two is
+ * skipped makes no difference.  An UNMAP is never a discard's.  The kernel
+ * call returns as soon as the service thread has *read* the event, so the
+ * marker stays until the batch that read it was handled.
  */
-void self_change_begin(struct uhmm *h, uintptr_t start, size_t len)
+void self_change_begin(struct uhmm *h, uintptr_t start, size_t len, bool unmap)
 {
 	pthread_mutex_lock(&h->selfremove_lock);
-	atomic_store(&h->selfremove_start, start);
-	atomic_store(&h->selfremove_end, start + len);
+	size_t n = MIN(len / PAGE_SIZE, (size_t)BATCH_PAGES);
+	pthread_mutex_lock(&h->selfremove_mu);
+	for (size_t i = 0; i < BATCH_PAGES / 64; i++)
+		h->selfremove_due[i] = h->selfremove_again[i] = 0;
+	for (size_t i = 0; i < n; i++)
+		h->selfremove_due[i / 64] |= 1ULL << (i % 64);
+	h->selfremove_start = start;
+	h->selfremove_end = start + n * PAGE_SIZE;
+	h->selfremove_unmap = unmap;
+	pthread_mutex_unlock(&h->selfremove_mu);
 }
 
 void self_change_end(struct uhmm *h)
@@ -254,16 +272,83 @@ void self_change_end(struct uhmm *h)
 	if (seq & 1)
 		while (atomic_load(&h->svc_seq) == seq)
 			sched_yield();
-	atomic_store(&h->selfremove_start, 0);
-	atomic_store(&h->selfremove_end, 0);
+	pthread_mutex_lock(&h->selfremove_mu);
+	h->selfremove_start = h->selfremove_end = 0;
+	pthread_mutex_unlock(&h->selfremove_mu);
 	pthread_mutex_unlock(&h->selfremove_lock);
+}
+
+uintptr_t self_change_claim(struct uhmm *h, uintptr_t start, uintptr_t end, bool unmap,
+                            uint64_t own[BATCH_PAGES / 64])
+{
+	memset(own, 0, BATCH_PAGES / 64 * sizeof(own[0]));
+	pthread_mutex_lock(&h->selfremove_mu);
+	uintptr_t s0 = h->selfremove_start, e0 = h->selfremove_end;
+	bool any = false;
+	if (e0 > s0 && (!unmap || h->selfremove_unmap)) {
+		for (uintptr_t a = MAX(start, s0); a < MIN(end, e0); a += PAGE_SIZE) {
+			size_t i = (a - s0) / PAGE_SIZE;
+			uint64_t bit = 1ULL << (i % 64);
+			if (h->selfremove_due[i / 64] & bit) {
+				h->selfremove_due[i / 64] &= ~bit;
+				own[i / 64] |= bit;
+				any = true;
+			} else if (!unmap && (h->selfremove_again[i / 64] & bit)) {
+				h->selfremove_again[i / 64] &= ~bit;
+				own[i / 64] |= bit;
+				any = true;
+			}
+		}
+	}
+	pthread_mutex_unlock(&h->selfremove_mu);
+	return any ? s0 : 0;
+}
+
+/*
+ * MADV_DONTNEED acts on whatever is mapped at the addresses when it runs,
+ * and we are out of the gate: an munmap or mremap of our pages may have
+ * freed them and a new mapping taken them, whose data is not ours to
+ * discard.  Right before it, write-protecting the range (which it is
+ * already) succeeds only if our registered range is still there; it fails
+ * with EAGAIN, and is retried, while an event is unread.  Where it fails
+ * otherwise, page by page: a page whose range went away is left to its
+ * event's marks.  (Between the check and the madvise a new mapping could
+ * still take freed addresses: a window of two system calls, not closed.)
+ */
+/*
+ * The kernel repeats a REMOVE: madvise drops the mmap lock while its event
+ * is read, and if an munmap or mremap made a hole in the range meanwhile,
+ * it discards up to the hole and raises a second REMOVE for the part of
+ * the range after it, over pages its first event covered already.  An
+ * UNMAP or REMAP (read in between) over part of our interval makes one
+ * more event due for the pages after it that had theirs.
+ */
+void self_change_hole(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	pthread_mutex_lock(&h->selfremove_mu);
+	uintptr_t s0 = h->selfremove_start, e0 = h->selfremove_end;
+	if (e0 > s0 && !h->selfremove_unmap && start < e0 && end > s0) {
+		for (uintptr_t a = MAX(end, s0); a < e0; a += PAGE_SIZE) {
+			size_t i = (a - s0) / PAGE_SIZE;
+			uint64_t bit = 1ULL << (i % 64);
+			if (!(h->selfremove_due[i / 64] & bit))
+				h->selfremove_again[i / 64] |= bit;
+		}
+	}
+	pthread_mutex_unlock(&h->selfremove_mu);
 }
 
 static void self_discard(struct uhmm *h, uintptr_t start, size_t len)
 {
-	self_change_begin(h, start, len);
+	self_change_begin(h, start, len, false);
 	TRACE(TR_MADV, start, 0, len, 0);
-	madvise((void *)start, len, MADV_DONTNEED);
+	if (uffd_wp(h->uffd, start, len, true) == 0) {
+		madvise((void *)start, len, MADV_DONTNEED);
+	} else {
+		for (uintptr_t a = start; a < start + len; a += PAGE_SIZE)
+			if (uffd_wp(h->uffd, a, PAGE_SIZE, true) == 0)
+				madvise((void *)a, PAGE_SIZE, MADV_DONTNEED);
+	}
 	self_change_end(h);
 }
 
@@ -300,6 +385,7 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	 * where it is (skipped); the event that did it updates its state. */
 	for (size_t off = 0; off < len;) {
 		ssize_t got = procmem_read(buf + off, a + off, len - off);
+		PTRACE(PROCMEM_READ, 0, a + off, len - off, *(uint64_t *)(buf + off), got);
 		if (got <= 0) {
 			r = got < 0 && got != -EIO ? (int)got : -ENOENT;
 			goto undo;
@@ -347,15 +433,40 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	unsigned depth = gate_pause(h);
 	self_discard(h, a, len);
 	gate_resume(h, depth);
+	/* Which of the two happened is told by the marks an mremap or munmap
+	 * leaves on our entries, and its event may not be read yet: an
+	 * mremap that moved the pages before our madvise (which then found
+	 * nothing to discard) queues its REMAP after.  Until every such event
+	 * is read the kernel fails userfaultfd calls with EAGAIN; once it is
+	 * (in the gate: read means handled) the marks are complete.  Removing
+	 * the write protection is that call (the pages are gone from here). */
+	while (uffd_wp(h->uffd, a, len, false) == -EAGAIN) {
+		depth = gate_pause(h);
+		gate_wait_service(h);
+		gate_resume(h, depth);
+	}
+	/* And did our discard take the pages?  MADV_DONTNEED does not say:
+	 * if the mapping at its start went away while it waited for its
+	 * event to be read, it gives up (ENOMEM) and discards nothing; if
+	 * the mapping was split meanwhile, it skips the part that left.  A
+	 * page still present here (no event moved or unmapped it) stays in
+	 * system memory: our copy is dropped. */
+	bool present[BATCH_PAGES];
+	if (pages_present(a, k, present))
+		memset(present, 1, k * sizeof(present[0]));
 	for (size_t i = 0; i < k; i++) {
 		uint64_t v = atomic_load(p[i].e);
-		p[i].err = (v & PTE_UNMAPPED) ? -ENOENT : 0;
-		if (!(v & PTE_REMAP) || p[i].err)
+		if (!(v & PTE_REMAP)) {
+			p[i].err = (v & PTE_UNMAPPED) ? -ENOENT : present[i] ? -EBUSY : 0;
 			continue;
+		}
 		/* Moved before our discard (its CPU page lives on at the new
 		 * address: it stays in system memory) or after it (the page is
 		 * gone there: our copy on the device is its data).  The new
-		 * address's entry is held for the move: nothing fills it. */
+		 * address's entry is held for the move: nothing fills it.
+		 * Marks set after PTE_REMAP are about the old address (an
+		 * mremap's own UNMAP of its source follows its REMAP): an
+		 * UNMAPPED there says nothing about this page. */
 		uintptr_t to;
 		char c;
 		p[i].err = !remap_dest(h, p[i].e, &to) || procmem_read(&c, to, 1) == 1 ? -ENOENT : 0;
@@ -369,12 +480,15 @@ undo:
 		p[i].err = r ? r : -EIO;
 }
 
-static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
+/* Move p[0..k) or a first part of it; returns how many pages were dealt
+ * with.  The copy fallback leaves the gate for a while: what follows a
+ * page copied is left to the caller, to be checked again. */
+static size_t run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 {
 	struct uhmm_devmem *m = devmem_of(p[0].dp);
 	if (!m->host_registered || dev_failing(m->dev)) {
 		copy_run_to_device(h, p, k);
-		return;
+		return k;
 	}
 	size_t i = 0;
 	while (i < k) {
@@ -398,14 +512,22 @@ static void run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 				p[i].err = -EAGAIN;
 			break;
 		}
-		if (r == -ENOENT)
-			p[i].err = -ENOENT;
-		else if (r == -EEXIST && moved_unreported((uintptr_t)dpage_host(m, p[i].dp), p[i].addr, false))
-			p[i].err = 0; /* the kernel moved it after all (see above) */
-		else
-			copy_run_to_device(h, p + i, 1);
-		i++;
+		if (r == -ENOENT) {
+			p[i++].err = -ENOENT;
+			continue;
+		}
+		if (r == -EEXIST &&
+		    moved_unreported((uintptr_t)dpage_host(m, p[i].dp), p[i].addr, false)) {
+			p[i++].err = 0; /* the kernel moved it after all (see above) */
+			continue;
+		}
+		/* Out of the gate meanwhile: an munmap may have freed the
+		 * addresses that follow and a new mapping taken them (their
+		 * entries carry the event's marks by now). */
+		copy_run_to_device(h, p + i, 1);
+		return i + 1;
 	}
+	return k;
 }
 
 void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_device *d)
@@ -421,11 +543,11 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 			continue;
 		}
 		size_t k = run_len(p + i, n - i, true);
-		run_to_device(h, p + i, k);
-		i += k;
+		i += run_to_device(h, p + i, k);
 	}
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
+		PTRACE(MIG_DEV, p[i].e, p[i].addr, 0, p[i].err, (uintptr_t)p[i].dp);
 		if (p[i].err == 0) {
 			dpage_set_vaddr(p[i].dp, p[i].addr);
 			dpage_check(h, p[i].dp, p[i].addr, "migrate_to_device");
@@ -508,10 +630,18 @@ static void home_flush(struct home_arg *ha)
 	/* Pages the kernel refused while the mm was changing are tried again
 	 * once that event is handled (never reported as failed for it). */
 	while (ha->n) {
-		size_t k = 0;
+		size_t k = 0, rest = ha->n;
 		for (size_t i = 0; i < ha->n; i++) {
 			_Atomic uint64_t *e = ptable_entry(&h->pt, ha->addrs[i], false);
-			uint64_t v = pte_lock(e);
+			uint64_t v;
+			if (!k) {
+				v = pte_lock(e);
+			} else if (!pte_trylock(e, &v)) {
+				/* Never wait while holding others (see
+				 * migrate_window): the rest is the next batch. */
+				rest = i;
+				break;
+			}
 			if (pte_state(v) != UHMM_STATE_DEVICE ||
 			    (ha->only && devmem_of(pte_dpage(v))->dev != ha->only)) {
 				page_unlock(h, e, v);
@@ -533,7 +663,9 @@ static void home_flush(struct home_arg *ha)
 		}
 		if (k)
 			wake_range(h, p[0].addr, p[k - 1].addr + PAGE_SIZE - p[0].addr);
-		ha->n = again;
+		/* again <= k <= rest: the pages not locked yet follow. */
+		memmove(&ha->addrs[again], &ha->addrs[rest], (ha->n - rest) * sizeof(ha->addrs[0]));
+		ha->n = again + (ha->n - rest);
 		if (again)
 			gate_wait_service(h);
 	}
@@ -690,7 +822,18 @@ static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct u
 				(*migrated)++;
 			continue;
 		}
-		uint64_t v = pte_lock(e);
+		uint64_t v;
+		if (!n) {
+			v = pte_lock(e);
+		} else if (!pte_trylock(e, &v)) {
+			/* Never wait for a page while holding others: an entry
+			 * held for an mremap in flight waits for its source's
+			 * holder, who may be us (the window was bounded by a
+			 * registry that may have changed since).  The window
+			 * ends here; the next one starts with this page. */
+			*bep = be = pa;
+			break;
+		}
 		unsigned st = pte_state(v);
 		bool want = to ? st == UHMM_STATE_SYSTEM : st == UHMM_STATE_DEVICE;
 		if (want) {

@@ -105,7 +105,13 @@ static int fault_none_run(struct rf *f, uintptr_t a, size_t n, size_t *done)
 		ents[k] = ptable_entry(&h->pt, a + k * PAGE_SIZE, true);
 		if (!ents[k])
 			break;
-		uint64_t v = pte_lock(ents[k]);
+		/* Never wait for a page while holding others (migrate.c,
+		 * migrate_window): the run ends at a busy page. */
+		uint64_t v;
+		if (!k)
+			v = pte_lock(ents[k]);
+		else if (!pte_trylock(ents[k], &v))
+			break;
 		if (v != 0) {
 			page_unlock(h, ents[k], v);
 			break;

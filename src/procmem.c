@@ -173,22 +173,49 @@ int prot_at(struct prot_cache *c, uintptr_t addr)
 	return -1;
 }
 
-int page_is_zero(uintptr_t addr)
+/* As procmem_fd: an fd a forked child inherited describes the parent. */
+static int pagemap_fd(void)
 {
 	static _Atomic int fd = -1;
+	static _Atomic pid_t fd_pid;
 	int f = atomic_load(&fd);
-	if (f < 0) {
-		int nf = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-		if (nf < 0)
-			return -1;
-		int expected = -1;
-		if (!atomic_compare_exchange_strong(&fd, &expected, nf)) {
-			close(nf);
-			f = expected;
-		} else {
-			f = nf;
-		}
+	pid_t pid = getpid();
+	if (f >= 0 && atomic_load(&fd_pid) == pid)
+		return f;
+	int nf = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (nf < 0)
+		return -1;
+	if (atomic_compare_exchange_strong(&fd, &f, nf)) {
+		atomic_store(&fd_pid, pid);
+		return nf;
 	}
+	close(nf);
+	return atomic_load(&fd);
+}
+
+int pages_present(uintptr_t addr, size_t n, bool *present)
+{
+	uint64_t ent[64];
+	int f = pagemap_fd();
+	if (f < 0)
+		return -EIO;
+	for (size_t done = 0; done < n;) {
+		size_t k = MIN(n - done, (size_t)64);
+		off_t off = (off_t)(((addr >> PAGE_SHIFT) + done) * sizeof(ent[0]));
+		if (pread(f, ent, k * sizeof(ent[0]), off) != (ssize_t)(k * sizeof(ent[0])))
+			return -EIO;
+		for (size_t i = 0; i < k; i++)
+			present[done + i] = ent[i] >> 63 & 1;
+		done += k;
+	}
+	return 0;
+}
+
+int page_is_zero(uintptr_t addr)
+{
+	int f = pagemap_fd();
+	if (f < 0)
+		return -1;
 	uint64_t ent;
 	if (pread(f, &ent, sizeof(ent), (off_t)((addr >> PAGE_SHIFT) * sizeof(ent))) != sizeof(ent))
 		return -1;

@@ -205,12 +205,22 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 	newval &= ~(PTE_BUSY | PTE_WAITERS | PTE_MARKS);
 	TRACE(TR_UNLOCK, e, 1, v, newval);
 	if (v & PTE_INSTALL) {
-		/* mremap put other memory at this address while we held it:
-		 * our value described what was here before (gone), and the
-		 * entry stays locked for the pending move (remap_take). */
-		if (pte_state(newval) == UHMM_STATE_DEVICE ||
-		    pte_state(newval) == UHMM_STATE_DEVICE_COHERENT)
+		/* mremap put other memory at this address while we held it,
+		 * and the entry stays locked for the pending move
+		 * (remap_take).  If an mremap had moved our page away first
+		 * (PTE_REMAP set before PTE_INSTALL), our value goes with it;
+		 * otherwise it described what was here before (gone), and a
+		 * later move away (PTE_REMAP after PTE_INSTALL) takes the page
+		 * moved in, when it lands here. */
+		if ((v & PTE_REMAP) && remap_before_install(h, e)) {
+			remap_finish(h, e, newval);
+			v = atomic_load(e);
+			while (!atomic_compare_exchange_weak(e, &v, v & ~PTE_REMAP))
+				;
+		} else if (pte_state(newval) == UHMM_STATE_DEVICE ||
+		           pte_state(newval) == UHMM_STATE_DEVICE_COHERENT) {
 			dpage_put(pte_dpage(newval));
+		}
 		remap_take(h, e);
 		return;
 	}

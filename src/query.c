@@ -24,6 +24,11 @@ UHMM_API int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct 
 		}
 		_Atomic uint64_t *e = ptable_entry(&h->pt, a + i * PAGE_SIZE, false);
 		uint64_t v = e ? atomic_load(e) : 0;
+		/* An mremap destination held for a move still on its way: the
+		 * page is what its source entry says, not what was here. */
+		uint64_t in;
+		if ((v & PTE_BUSY) && remap_incoming(h, e, &in))
+			v = in;
 		out[i].state = (enum uhmm_state)pte_state(v);
 		out[i].device = NULL;
 		if (out[i].state == UHMM_STATE_DEVICE || out[i].state == UHMM_STATE_DEVICE_COHERENT) {

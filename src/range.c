@@ -160,6 +160,7 @@ static int registry_insert_ent(struct range_ent ent)
 	s->e[s->n++] = ent;
 	publish(s);
 	pthread_mutex_unlock(&g_lock);
+	PTRACE(REG_INSERT, 0, start, end - start, ent.pool, 0);
 	return 0;
 }
 
@@ -235,6 +236,7 @@ bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end)
 
 static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op, uintptr_t to)
 {
+	PTRACE(REG_EDIT, 0, start, end - start, op, to);
 	pthread_mutex_lock(&g_lock);
 	struct range_set *s = set_dup(3);
 	if (!s) {
@@ -543,6 +545,7 @@ static int reset_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 	struct uhmm *h = arg;
 	if (atomic_load(e) == 0)
 		return 0;
+	PTRACE(RESET, e, addr, 0, atomic_load(e), 0);
 	uint64_t v = pte_lock(e);
 	if (pte_state(v) == UHMM_STATE_DEVICE || pte_state(v) == UHMM_STATE_DEVICE_COHERENT) {
 		dpage_check(h, pte_dpage(v), addr, "range_reset_entries");

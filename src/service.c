@@ -88,6 +88,7 @@ static void fail_access(struct uhmm *h, uintptr_t addr, uint32_t ptid)
 	 * there the thread is signalled directly. */
 	if (poisoned && h->have_poison && uffd_poison(h->uffd, page, PAGE_SIZE) == 0)
 		return;
+	PTRACE(FAULT_SVC, e, page, PAGE_SIZE, 0xdead, ptid);
 	if (ptid)
 		syscall(SYS_tgkill, getpid(), (pid_t)ptid, SIGBUS);
 	uffd_wake(h->uffd, page, PAGE_SIZE);
@@ -156,6 +157,7 @@ static void retry_deferred(struct svc *s, bool drained)
 		if (d.unknown) {
 			/* Served once its event was handled or none is queued. */
 			int r = serve_fault(h, d.addr, d.flags | (drained ? FAULT_DRAINED : 0), d.ptid);
+			PTRACE(FAULT_SVC, 0, d.addr & ~PAGE_MASK, PAGE_SIZE, d.flags | 0x100, r);
 			if (r == -ENOENT) {
 				s->q[k++] = d;
 				continue;
@@ -179,6 +181,35 @@ static void retry_deferred(struct svc *s, bool drained)
 	s->n = k;
 }
 
+/* An UNMAP or REMOVE over [st, en): the pages our own change is due to
+ * raise an event for are skipped once (self_change_begin); the rest are
+ * the application's. */
+static void cpu_change(struct uhmm *h, uintptr_t st, uintptr_t en, bool unmap)
+{
+	uint64_t own[BATCH_PAGES / 64];
+	uintptr_t base = self_change_claim(h, st, en, unmap, own);
+	uintptr_t run = st;
+	uintptr_t hi = base ? MIN(en, base + (uintptr_t)BATCH_PAGES * PAGE_SIZE) : 0;
+	for (uintptr_t a = MAX(st, base); a < hi; a += PAGE_SIZE) {
+		size_t i = (a - base) / PAGE_SIZE;
+		if (!(own[i / 64] >> (i % 64) & 1))
+			continue;
+		if (a > run) {
+			if (unmap)
+				unmap_range(h, run, a);
+			else
+				discard_range(h, run, a, UHMM_EVENT_DISCARD);
+		}
+		run = a + PAGE_SIZE;
+	}
+	if (en > run) {
+		if (unmap)
+			unmap_range(h, run, en);
+		else
+			discard_range(h, run, en, UHMM_EVENT_DISCARD);
+	}
+}
+
 static void handle(struct svc *s, const struct uffd_msg *m)
 {
 	struct uhmm *h = s->h;
@@ -187,6 +218,7 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? FAULT_WRITE : 0;
 		uint32_t ptid = m->arg.pagefault.feat.ptid;
 		int r = serve_fault(h, m->arg.pagefault.address, flags, ptid);
+		PTRACE(FAULT_SVC, 0, m->arg.pagefault.address & ~PAGE_MASK, PAGE_SIZE, flags, r);
 		if (r == -EAGAIN || r == -ENOENT)
 			defer(s, m->arg.pagefault.address, flags, ptid, r == -ENOENT);
 		break;
@@ -194,26 +226,24 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 	case UFFD_EVENT_REMOVE: {
 		uintptr_t st = m->arg.remove.start, en = m->arg.remove.end;
 		stat_add(h, ST_EVENTS, 1);
-		TRACE(TR_EV_REMOVE, st, en, atomic_load(&h->selfremove_start), atomic_load(&h->selfremove_end));
-		/* Our own copy-fallback discard (maybe split per VMA); the
-		 * discarding thread keeps the marker until this batch is
-		 * handled (see self_discard). */
-		if (st >= atomic_load(&h->selfremove_start) && en <= atomic_load(&h->selfremove_end))
-			break;
-		discard_range(h, st, en, UHMM_EVENT_DISCARD);
+		TRACE(TR_EV_REMOVE, st, en, 0, 0);
+		/* Our own copy-fallback discard (maybe split per VMA) is
+		 * skipped; the discarding thread keeps its marker until this
+		 * batch is handled (see self_change_begin). */
+		cpu_change(h, st, en, false);
 		break;
 	}
 	case UFFD_EVENT_UNMAP:
 		stat_add(h, ST_EVENTS, 1);
 		TRACE(TR_EV_UNMAP, m->arg.remove.start, m->arg.remove.end, 0, 0);
-		if (m->arg.remove.start >= atomic_load(&h->selfremove_start) &&
-		    m->arg.remove.end <= atomic_load(&h->selfremove_end))
-			break; /* our own remapping of a coherent granule */
-		unmap_range(h, m->arg.remove.start, m->arg.remove.end);
+		self_change_hole(h, m->arg.remove.start, m->arg.remove.end);
+		/* Never a discard's; maybe our own remapping of a coherent granule. */
+		cpu_change(h, m->arg.remove.start, m->arg.remove.end, true);
 		break;
 	case UFFD_EVENT_REMAP:
 		stat_add(h, ST_EVENTS, 1);
 		TRACE(TR_EV_REMAP, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len, 0);
+		self_change_hole(h, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len);
 		remap_range(h, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
 		break;
 	default:

@@ -234,6 +234,7 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 				continue; /* the table may have changed meanwhile */
 			}
 			access_local(v, buf + i * PAGE_SIZE, write);
+			PTRACE(DEV_ACCESS, 0, va, PAGE_SIZE, (uintptr_t)pte_dpage(v), write | 2);
 			copied++;
 			i++;
 			continue;
@@ -252,6 +253,7 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 		}
 		pthread_mutex_unlock(&dm->lock);
 		size_t done = access_system(va, buf + i * PAGE_SIZE, (j - i) * PAGE_SIZE, write);
+		PTRACE(DEV_ACCESS, 0, va, (j - i) * PAGE_SIZE, done, write);
 		pthread_mutex_lock(&dm->lock);
 		/* Like DMA through the CPU's page tables: a migration that
 		 * invalidated these pages meanwhile may have copied a page
@@ -292,6 +294,7 @@ static int dummy_access(struct uhmm_device *d, uintptr_t a, char *buf, size_t np
 			 * mode the kernel's own access does not fault it in).
 			 * Resolve it as a CPU fault would, out of our lock. */
 			pthread_mutex_unlock(&dm->lock);
+			PTRACE(MAKE_PRESENT, 0, fva, PAGE_SIZE, fv, write);
 			make_present(d->h, fva, write);
 			pthread_mutex_lock(&dm->lock);
 		}

@@ -55,6 +55,16 @@
 
 #include "uhmm.h"
 
+#ifdef UHMM_TRACE
+/* Built with -Dtrace=true: note the model's own operations in uhmm's event
+ * ring and dump what it holds about a failing page (src/pagetrace.c). */
+#include "../../src/internal.h"
+#define NOTE(op, a, len, x, y) \
+	uhmm_trace_note(PT_##op, (const void *)(a), (size_t)(len), (uint64_t)(x), (uint64_t)(y))
+#else
+#define NOTE(op, a, len, x, y) ((void)0)
+#endif
+
 #define REGIONS    4
 #define MAX_DEVMEM 8
 
@@ -184,6 +194,11 @@ static void fail(struct worker *w, const void *addr, const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "\n");
+#ifdef UHMM_TRACE
+	NOTE(APP_FAIL, addr, PS, w->id, w->op);
+	if (addr)
+		uhmm_trace_dump(H, addr);
+#endif
 	for (unsigned k = w->nhist > 16 ? w->nhist - 16 : 0; k < w->nhist; k++)
 		fprintf(stderr, "uhmm-stress:   history: %s region %d base %p\n", w->hist[k % 16].name,
 		        w->hist[k % 16].region, w->hist[k % 16].base);
@@ -238,6 +253,7 @@ static void compare(struct worker *w, struct region *r, size_t first, size_t n,
 
 static void check_cpu(struct worker *w, struct region *r, size_t first, size_t n)
 {
+	NOTE(APP_CHECK, r->base + first * PS, n * PS, 0, 0);
 	/* Volatile-ish copy: the reads fault pages home. */
 	for (size_t i = 0; i < n; i++) {
 		const volatile unsigned char *src = (const volatile unsigned char *)(r->base + (first + i) * PS);
@@ -252,6 +268,7 @@ static void check_dev(struct worker *w, struct region *r, size_t first, size_t n
                       struct uhmm_device *d)
 {
 	memset(w->buf, 0xA5, n * PS);
+	NOTE(APP_CHECK, r->base + first * PS, n * PS, d == devA ? 1 : 2, 0);
 	int rc = uhmm_dummy_read(d, r->base + first * PS, w->buf, n, NULL);
 	if (rc)
 		fail(w, r->base + first * PS, "uhmm_dummy_read(%s, %zu pages) = %d", dev_name(d), n, rc);
@@ -370,10 +387,12 @@ static void region_alloc(struct worker *w, struct region *r)
 				memcpy(r->shadow + pg * PS + j, &v, 8), v = v * 6364136223846793005ULL + 1;
 			memcpy((char *)p + pg * PS, r->shadow + pg * PS, PS);
 		}
+		NOTE(APP_RANGE_ADD, p, np * PS, 1, 0);
 		int rc = uhmm_range_add(H, p, np * PS);
 		if (rc)
 			fail(w, p, "uhmm_range_add(%zu pages) of fresh memory = %d", np, rc);
 	}
+	NOTE(APP_ALLOC, p, np * PS, 0, 0);
 	r->base = p;
 	memset(r->mapped, 1, np);
 	memset(r->managed, 1, np);
@@ -392,6 +411,7 @@ static void region_release(struct worker *w, struct region *r)
 	r->live = false;
 	publish(r);
 	if (whole && rnd_below(&w->rng, 2) == 0) {
+		NOTE(APP_FREE, r->base, r->npages * PS, 0, 0);
 		int rc = uhmm_free(H, r->base, r->npages * PS);
 		if (rc)
 			fail(w, r->base, "uhmm_free(%zu pages) = %d", r->npages, rc);
@@ -405,8 +425,10 @@ static void region_release(struct worker *w, struct region *r)
 		size_t j = i;
 		while (j < r->npages && r->mapped[j])
 			j++;
+		NOTE(APP_MUNMAP, r->base + i * PS, (j - i) * PS, 1, 0);
 		if (munmap(r->base + i * PS, (j - i) * PS))
 			fail(w, r->base + i * PS, "munmap: %s", strerror(errno));
+		NOTE(APP_MUNMAP, r->base + i * PS, (j - i) * PS, 1, 1);
 		i = j;
 	}
 }
@@ -428,6 +450,7 @@ static void op_cpu_write(struct worker *w, struct region *r)
 				memcpy(s + j, &v, 8);
 			}
 			memcpy(p, s, PS);
+			NOTE(APP_CPU_WRITE, p, PS, *(uint64_t *)s, 0);
 		} else {
 			unsigned k = 1 + (unsigned)rnd_below(&w->rng, 8);
 			while (k--) {
@@ -435,6 +458,7 @@ static void op_cpu_write(struct worker *w, struct region *r)
 				unsigned char b = (unsigned char)rnd(&w->rng);
 				s[off] = b;
 				*(volatile unsigned char *)(p + off) = b;
+				NOTE(APP_CPU_WRITE, p, PS, *(uint64_t *)s, off + 1);
 			}
 		}
 	}
@@ -484,7 +508,9 @@ static void op_migrate_own(struct worker *w, struct region *r)
 		return;
 	struct uhmm_device *to = pick_target(&w->rng);
 	struct uhmm_migrate_result res = { 12345, 12345 };
+	NOTE(APP_MIGRATE, r->base + f * PS, n * PS, (uintptr_t)to, 0);
 	int rc = uhmm_migrate(H, r->base + f * PS, n * PS, to, &res);
+	NOTE(APP_MIGRATE, r->base + f * PS, n * PS, (uintptr_t)to, 1);
 	atomic_fetch_add(&migrations, 1);
 	if (all_managed(r, f, n)) {
 		if (rc)
@@ -517,7 +543,9 @@ static void op_dev_write(struct worker *w, struct region *r)
 			memcpy(w->buf + i * PS + j, &v, 8);
 		}
 	}
+	NOTE(APP_DEV_WRITE, r->base + f * PS, n * PS, *(uint64_t *)w->buf, 0);
 	int rc = uhmm_dummy_write(d, r->base + f * PS, w->buf, n, NULL);
+	NOTE(APP_DEV_WRITE, r->base + f * PS, n * PS, *(uint64_t *)w->buf, 1);
 	if (rc)
 		fail(w, r->base + f * PS, "uhmm_dummy_write(%s, %zu pages) = %d", dev_name(d), n, rc);
 	memcpy(r->shadow + f * PS, w->buf, n * PS);
@@ -555,8 +583,10 @@ static void op_munmap(struct worker *w, struct region *r)
 	size_t f, n;
 	if (!pick_run(w, r, -1, 8, &f, &n))
 		return;
+	NOTE(APP_MUNMAP, r->base + f * PS, n * PS, 0, 0);
 	if (munmap(r->base + f * PS, n * PS))
 		fail(w, r->base + f * PS, "munmap: %s", strerror(errno));
+	NOTE(APP_MUNMAP, r->base + f * PS, n * PS, 0, 1);
 	memset(r->mapped + f, 0, n);
 	atomic_fetch_add(&munmaps, 1);
 	bool any = false;
@@ -595,7 +625,9 @@ static void op_mremap(struct worker *w, struct region *r)
 	void *dst = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (dst == MAP_FAILED)
 		fail(w, NULL, "mmap: %s", strerror(errno));
+	NOTE(APP_MREMAP, r->base, len, dst, 0);
 	void *np = mremap(r->base, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	NOTE(APP_MREMAP, r->base, len, dst, 1);
 	if (np == MAP_FAILED) {
 		/* EFAULT: the region spans several VMAs (re-added in pieces). */
 		int e = errno;
@@ -622,7 +654,9 @@ static void op_madvise(struct worker *w, struct region *r)
 		return;
 	if (opt_no_move)
 		pthread_rwlock_wrlock(&r->lk);
+	NOTE(APP_MADVISE, r->base + f * PS, n * PS, 0, 0);
 	int rc = madvise(r->base + f * PS, n * PS, MADV_DONTNEED);
+	NOTE(APP_MADVISE, r->base + f * PS, n * PS, 0, 1);
 	if (opt_no_move)
 		pthread_rwlock_unlock(&r->lk);
 	if (rc)
@@ -637,7 +671,9 @@ static void op_range_remove(struct worker *w, struct region *r)
 	size_t f, n;
 	if (!pick_run(w, r, 1, 16, &f, &n))
 		return;
+	NOTE(APP_RANGE_REMOVE, r->base + f * PS, n * PS, 0, 0);
 	int rc = uhmm_range_remove(H, r->base + f * PS, n * PS);
+	NOTE(APP_RANGE_REMOVE, r->base + f * PS, n * PS, 0, 1);
 	if (rc)
 		fail(w, r->base + f * PS, "uhmm_range_remove(%zu pages) = %d", n, rc);
 	memset(r->managed + f, 0, n);
@@ -655,7 +691,9 @@ static void op_range_add(struct worker *w, struct region *r)
 	size_t f, n;
 	if (!pick_run(w, r, 0, 16, &f, &n))
 		return;
+	NOTE(APP_RANGE_ADD, r->base + f * PS, n * PS, 0, 0);
 	int rc = uhmm_range_add(H, r->base + f * PS, n * PS);
+	NOTE(APP_RANGE_ADD, r->base + f * PS, n * PS, 0, 1);
 	if (rc)
 		fail(w, r->base + f * PS, "uhmm_range_add(%zu pages) = %d", n, rc);
 	memset(r->managed + f, 1, n);
@@ -722,7 +760,10 @@ static void op_foreign(struct worker *w)
 		size_t n = 1 + rnd_below(&w->rng, np - f);
 		if (rnd_below(&w->rng, 4)) {
 			struct uhmm_migrate_result res;
-			int rc = uhmm_migrate(H, (void *)(base + f * PS), n * PS, pick_target(&w->rng), &res);
+			struct uhmm_device *to = pick_target(&w->rng);
+			NOTE(APP_FOREIGN, base + f * PS, n * PS, (uintptr_t)to, 0);
+			int rc = uhmm_migrate(H, (void *)(base + f * PS), n * PS, to, &res);
+			NOTE(APP_FOREIGN, base + f * PS, n * PS, (uintptr_t)to, rc);
 			if (rc && rc != -EINVAL && rc != -ENOENT)
 				fail(w, (void *)(base + f * PS), "foreign uhmm_migrate = %d", rc);
 			if (!rc && res.migrated + res.skipped != n)
@@ -748,6 +789,7 @@ static void op_fork(struct worker *w, struct region *r)
 	if (!pick_run(w, r, -1, 32, &f, &n))
 		return;
 	fflush(NULL);
+	NOTE(APP_FORK, r->base + f * PS, n * PS, 0, 0);
 	pid_t pid = fork();
 	if (pid < 0)
 		fail(w, NULL, "fork: %s", strerror(errno));
@@ -932,10 +974,24 @@ static void *watchdog_main(void *arg)
 			        W[t].opname ? W[t].opname : "?");
 		fflush(stderr);
 		dump_threads();
+#ifdef UHMM_TRACE
+		uhmm_trace_dump(H, NULL); /* UHMM_TRACE_FILE: the whole ring */
+#endif
 		_exit(3);
 	}
 	return NULL;
 }
+
+#ifdef UHMM_TRACE
+static void trace_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	fprintf(stderr, "uhmm-stress: SIGBUS at %p (code %d)\n", si->si_addr, si->si_code);
+	uhmm_trace_dump(H, si->si_addr);
+	_exit(4);
+}
+#endif
 
 static void usage(void)
 {
@@ -1030,6 +1086,14 @@ int main(int argc, char **argv)
 		weight_sum += op_weight[o];
 	}
 
+#ifdef UHMM_TRACE
+	/* A SIGBUS uhmm does not resolve comes here (chained): dump it. */
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = trace_sigbus;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGBUS, &sa, NULL);
+#endif
 	struct uhmm_options uo;
 	memset(&uo, 0, sizeof(uo));
 	uo.fault_mode = opt_mode;
