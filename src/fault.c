@@ -94,9 +94,9 @@ static void fault_ahead(struct uhmm *h, const struct range_ent *r, uint32_t tid,
                         uintptr_t hi)
 {
 	const uintptr_t G = (uintptr_t)BATCH_PAGES * PAGE_SIZE;
-	struct ra_state *s = ra_for(h, tid);
 	if (!h->ahead.granules || hi - lo < G)
 		return;
+	struct ra_state *s = ra_for(h, tid);
 	uintptr_t to = MIN(r->end, hi + (uintptr_t)h->ahead.granules * G);
 	for (uintptr_t from = MAX(hi, s->ahead); from < to; from += G) {
 		if (!ahead_queue(h, from, MIN(from + G, to)))
