@@ -140,6 +140,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 		return r;
 
 	trace_init();
+	delay_init();
 	uint64_t avail = probe_features();
 	struct uffd_probe p;
 	uffd_open_best(&p, O_CLOEXEC | O_NONBLOCK);

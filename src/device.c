@@ -55,17 +55,24 @@ UHMM_API int uhmm_device_create(struct uhmm *h, const char *name, const struct u
 static int device_evacuate(struct uhmm_device *d)
 {
 	pthread_mutex_lock(&d->evac_lock); /* no block is freed under us */
+	/* Under d->lock, which allocators hold until their pages are counted
+	 * (devmem.c, "Lifetimes"): no block grows, none is taken from. */
 	pthread_mutex_lock(&d->lock);
+	d->dying = true;
 	struct uhmm_devmem *list = d->mems;
-	pthread_mutex_unlock(&d->lock);
 	for (struct uhmm_devmem *m = list; m; m = m->next)
 		atomic_store(&m->dead, true);
+	pthread_mutex_unlock(&d->lock);
 	int r = 0;
 	for (struct uhmm_devmem *m = list; m && !r; m = m->next)
 		r = devmem_evacuate(m);
-	if (r)
+	if (r) {
+		pthread_mutex_lock(&d->lock);
+		d->dying = false;
 		for (struct uhmm_devmem *m = list; m; m = m->next)
 			atomic_store(&m->dead, false);
+		pthread_mutex_unlock(&d->lock);
+	}
 	pthread_mutex_unlock(&d->evac_lock);
 	return r;
 }
@@ -113,9 +120,10 @@ int device_lose(struct uhmm_device *d)
 	struct uhmm *h = d->h;
 	pthread_mutex_lock(&d->lock);
 	struct uhmm_devmem *list = d->mems;
+	for (struct uhmm_devmem *m = list; m; m = m->next)
+		atomic_store(&m->dead, true); /* ordered with allocators (devmem.c) */
 	pthread_mutex_unlock(&d->lock);
 	for (struct uhmm_devmem *m = list; m; m = m->next) {
-		atomic_store(&m->dead, true);
 		/* In-place (coherent, persistent) accesses now raise SIGBUS:
 		 * the file has no pages any more. */
 		if (m->fd >= 0 && ftruncate(m->fd, 0))

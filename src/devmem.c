@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sched.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -88,6 +89,9 @@ static void free_slot(struct uhmm_devmem *m, size_t idx)
 	atomic_fetch_and(&m->bitmap[idx / 64], ~(1ULL << (idx % 64)));
 }
 
+/* The descriptor's last reference is gone: give its slot back.  Every
+ * access to the block and its device happens before `used` is lowered,
+ * which is this function's last touch of either (see "Lifetimes" above). */
 static void release(struct uhmm_dpage *dp, bool clean)
 {
 	uint64_t w0 = atomic_fetch_sub(&dp->w, 1);
@@ -105,7 +109,8 @@ static void release(struct uhmm_dpage *dp, bool clean)
 	struct uhmm_devmem *m = devmem_of(dp);
 	size_t idx = dpage_index(m, dp);
 	TRACE(TR_DP_FREE, dp, m->host ? m->host + idx * PAGE_SIZE : NULL, w0, clean);
-	atomic_fetch_sub(&m->used, 1);
+	/* Teardown waiting for used == 0 must wait for this tail too. */
+	DELAY(DELAY_RELEASE);
 	if (m->dev->ops.page_free)
 		m->dev->ops.page_free(m->dev, m, idx);
 	if (m->fd >= 0)
@@ -116,9 +121,10 @@ static void release(struct uhmm_dpage *dp, bool clean)
 		do
 			dpage_set_vaddr(dp, (uintptr_t)head << PAGE_SHIFT); /* the link */
 		while (!atomic_compare_exchange_weak(&m->dirty, &head, (uint64_t)idx + 1));
-		return;
+	} else {
+		free_slot(m, idx);
 	}
-	free_slot(m, idx);
+	atomic_fetch_sub_explicit(&m->used, 1, memory_order_release); /* m may be freed from here */
 }
 
 void dpage_put(struct uhmm_dpage *dp)
@@ -209,6 +215,8 @@ static size_t alloc_from(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **ou
 			continue;
 		m->hint = w;
 	}
+	/* Claimed but not yet counted: teardown must not pass here (d->lock). */
+	DELAY(DELAY_ALLOC);
 	atomic_fetch_add(&m->used, got);
 	pthread_mutex_unlock(&m->alloc_lock);
 	return got;
@@ -248,6 +256,8 @@ static size_t alloc_words(struct uhmm_devmem *m, size_t n, struct uhmm_dpage **o
 static bool grow(struct uhmm_device *d, size_t total, bool coherent)
 {
 	unsigned f = d->grow_flags;
+	if (d->dying)
+		return false;
 	bool is_coherent = (f & UHMM_DEVMEM_ALLOW_MIGRATION) && !(f & UHMM_DEVMEM_UNADDRESSABLE);
 	bool is_private = f & UHMM_DEVMEM_UNADDRESSABLE;
 	if (!d->grow_chunk || total + d->grow_chunk > d->capacity ||
@@ -430,7 +440,7 @@ static int devmem_add(struct uhmm_device *d, const char *path, size_t size, unsi
 	if (addressable && (flags & UHMM_DEVMEM_ALLOW_MIGRATION) && size % UHMM_COHERENT_GRANULE)
 		size = (size / UHMM_COHERENT_GRANULE + 1) * UHMM_COHERENT_GRANULE;
 	pthread_mutex_lock(&d->lock);
-	int r = devmem_create(d, size, flags, path, out);
+	int r = d->dying ? -EBUSY : devmem_create(d, size, flags, path, out);
 	pthread_mutex_unlock(&d->lock);
 	return r;
 }
@@ -490,13 +500,37 @@ UHMM_API int uhmm_devmem_unmap(struct uhmm_devmem *m, void *addr, size_t len)
 	return 0;
 }
 
+void devmem_set_dead(struct uhmm_device *d, struct uhmm_devmem *m, bool dead)
+{
+	/* Under the lock allocators hold from choosing a block until its
+	 * pages are counted in `used`: once this returns, every allocation
+	 * from m is either counted or will never happen. */
+	pthread_mutex_lock(&d->lock);
+	atomic_store(&m->dead, dead);
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* How long evacuation waits for pages it cannot take yet (allocated by a
+ * migration still in flight, or held by another thread) while none comes
+ * home, before it gives up with -EBUSY. */
+#define EVAC_PATIENCE_NS 5000000000LL
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 int devmem_evacuate(struct uhmm_devmem *m)
 {
 	struct uhmm *h = m->dev->h;
 	/* Pages allocated by a migration still in flight get their vaddr
-	 * when it finishes: retry until every used page came home or a pass
-	 * makes no progress for a while. */
-	for (int idle = 0; atomic_load(&m->used) > 0;) {
+	 * when it finishes, and a release still running keeps `used` raised
+	 * (see "Lifetimes"): retry until every used page came home, or no
+	 * page did for EVAC_PATIENCE_NS. */
+	int64_t since = now_ns();
+	for (unsigned pass = 0; atomic_load(&m->used) > 0; pass++) {
 		size_t before = atomic_load(&m->used);
 		int failed = 0;
 		for (size_t i = 0; i < m->npages && atomic_load(&m->used) > 0; i++) {
@@ -511,10 +545,19 @@ int devmem_evacuate(struct uhmm_devmem *m)
 		}
 		if (failed)
 			return -EBUSY;
-		if (atomic_load(&m->used) >= before && ++idle > 1000)
+		size_t after = atomic_load(&m->used);
+		if (!after)
+			break;
+		if (after < before)
+			since = now_ns();
+		else if (now_ns() - since > EVAC_PATIENCE_NS)
 			return -EBUSY;
-		if (atomic_load(&m->used) > 0)
+		if (pass < 64) {
 			sched_yield();
+		} else {
+			struct timespec ts = { 0, 100000 };
+			nanosleep(&ts, NULL);
+		}
 	}
 	return 0;
 }
@@ -577,10 +620,10 @@ UHMM_API int uhmm_devmem_remove(struct uhmm_devmem *m)
 		return -EBUSY; /* persistent memory the application still maps */
 	service_quiesce(d->h);
 	pthread_mutex_lock(&d->evac_lock); /* a release walking the list is done */
-	atomic_store(&m->dead, true);
+	devmem_set_dead(d, m, true);
 	int r = devmem_evacuate(m);
 	if (r) {
-		atomic_store(&m->dead, false);
+		devmem_set_dead(d, m, false);
 		pthread_mutex_unlock(&d->evac_lock);
 		return r;
 	}

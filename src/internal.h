@@ -87,6 +87,21 @@ void trace_rec(unsigned kind, uintptr_t pc, uintptr_t a, uintptr_t b, uint64_t x
 #define TRACE(kind, a, b, x, y) TRACE_PC(kind, __builtin_return_address(0), a, b, x, y)
 
 /* ------------------------------------------------------------------------
+ * Delay points (delay.c, UHMM_DEBUG_DELAY=name:us,...): hold a thread at a
+ * named point so a test can force an interleaving.  Off: one load.
+ * ---------------------------------------------------------------------- */
+enum { DELAY_RELEASE, DELAY_ALLOC, DELAY_CLOSE, DELAY__COUNT };
+extern _Atomic unsigned g_delay_on;
+void delay_init(void);
+void delay_at_(unsigned point);
+#define DELAY(point)                                                                        \
+	do {                                                                                \
+		if (__builtin_expect(atomic_load_explicit(&g_delay_on, memory_order_relaxed) &    \
+		                     (1u << (point)), 0))                                         \
+			delay_at_(point);                                                   \
+	} while (0)
+
+/* ------------------------------------------------------------------------
  * Sparse page table (ptable.c): a radix tree of 64-bit entries keyed by
  * virtual page number.  Nodes are installed with CAS and never freed before
  * the table is destroyed, so lookups are lock-free.  Cost: one 4 KiB leaf
@@ -251,6 +266,8 @@ size_t devmem_alloc(struct uhmm_device *d, size_t n, struct uhmm_dpage **out);
 void dpage_put(struct uhmm_dpage *dp);
 void dpage_put_clean(struct uhmm_dpage *dp);
 int devmem_evacuate(struct uhmm_devmem *m);
+/* Mark m dead (no allocation from it) or alive again, ordered with allocators. */
+void devmem_set_dead(struct uhmm_device *d, struct uhmm_devmem *m, bool dead);
 /* Debug (UHMM_DEBUG_TRACE): the descriptor an entry holds must be live —
  * referenced, inside the block its id names, backing va (0: unknown).
  * A stale one is reported with the page's trace and aborts. */
@@ -273,10 +290,11 @@ struct uhmm_device {
 	unsigned flags;
 	void *priv;
 	int slot;                      /* index in h->devices */
-	pthread_mutex_t lock;          /* devmem list */
+	pthread_mutex_t lock;          /* devmem list; allocations (devmem.c) */
 	pthread_mutex_t evac_lock;     /* walks of the list that evacuate (release,
 	                                  destroy) against a block's removal */
 	struct uhmm_devmem *mems;
+	bool dying;                    /* under lock: destruction evacuates; no growth */
 	size_t capacity;               /* grow on demand up to this (0 = no growth) */
 	bool coherent;                 /* migrations to it map coherent granules */
 	size_t grow_chunk;

@@ -110,6 +110,9 @@ static inline void tdev_page_free(struct uhmm_device *d, struct uhmm_devmem *m, 
 			atomic_fetch_add(&t->bad, 1);
 		return;
 	}
+	/* The device outlives every page_free (uhmm_device_destroy). */
+	if (atomic_load(&t->ndestroy))
+		atomic_fetch_add(&t->bad, 1);
 	atomic_fetch_add(&t->freed[idx], 1);
 	atomic_fetch_add(&t->nfree, 1);
 }
