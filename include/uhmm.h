@@ -94,8 +94,16 @@ int uhmm_open(const struct uhmm_options *opts, struct uhmm **out);
 /*
  * Destroy a context: every device-resident page comes back to system
  * memory, devices still registered are destroyed, ranges are unregistered
- * and stay mapped as ordinary memory.  No other thread may use h during or
- * after the call.  Fails: -EINVAL h == NULL.
+ * and stay mapped as ordinary memory.  No other thread may call uhmm with h
+ * during or after the call, but other threads may go on touching the
+ * managed memory itself while it runs, in either fault mode: pages come
+ * home before faults stop being served, and a CPU fault that arrives
+ * meanwhile is still served (its access is retried once the range is
+ * ordinary memory).  In SIGBUS mode the last close puts back the SIGBUS
+ * handler that was installed before uhmm_open, once no thread has a SIGBUS
+ * of uhmm's still pending.  Fails: -EINVAL h == NULL; -ECHILD in a forked
+ * child; -EBUSY a device-resident page could not come home (the context
+ * stays open and usable; devices destroyed before that one stay destroyed).
  */
 int uhmm_close(struct uhmm *h);
 

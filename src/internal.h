@@ -320,6 +320,9 @@ struct range_ent {
 };
 /* Managed memory of h (not a pool) at addr?  Call inside ebr_enter/exit. */
 static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct range_ent *r);
+/* Bumped by every change of the registry (SIGBUS handler: a fault raised
+ * before its range was removed is retried, not failed). */
+extern _Atomic uint64_t g_registry_gen;
 /* Find the range holding addr; call inside ebr_enter/exit. */
 bool range_lookup(uintptr_t addr, struct range_ent *out);
 /* Is [start, end) entirely managed by h (several adjacent ranges allowed)? */

@@ -98,10 +98,13 @@ static int cmp_ent(const void *a, const void *b)
 	return x->start < y->start ? -1 : x->start > y->start;
 }
 
+_Atomic uint64_t g_registry_gen;
+
 static void publish(struct range_set *s)
 {
 	qsort(s->e, s->n, sizeof(s->e[0]), cmp_ent);
 	struct range_set *old = atomic_exchange_explicit(&g_ranges, s, memory_order_acq_rel);
+	atomic_fetch_add_explicit(&g_registry_gen, 1, memory_order_release);
 	ebr_retire(old);
 }
 

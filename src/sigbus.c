@@ -16,11 +16,13 @@
  */
 #include "internal.h"
 
+#include <dirent.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <ucontext.h>
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -86,6 +88,36 @@ static bool events_pending(void)
 	return n && poll(pf, n, 0) > 0;
 }
 
+/*
+ * A SIGBUS the kernel raised while its range was registered may reach us
+ * after the range left the registry (uhmm_close, uhmm_range_remove and
+ * uhmm_free unregister from userfaultfd before they forget the range, so
+ * by then the retried access faults as ordinary memory).  A fault at an
+ * address no range holds is therefore retried, once per change of the
+ * registry (and at most MISS_RETRIES times); only one that repeats with
+ * the registry unchanged is the application's own and is passed on.
+ */
+#define MISS_RETRIES 16
+static __thread uintptr_t tls_miss_addr __attribute__((tls_model("initial-exec")));
+static __thread uint64_t tls_miss_gen __attribute__((tls_model("initial-exec")));
+static __thread unsigned tls_miss_count __attribute__((tls_model("initial-exec")));
+
+static bool retry_unknown(uintptr_t addr)
+{
+	uint64_t gen = atomic_load_explicit(&g_registry_gen, memory_order_acquire);
+	uintptr_t page = addr & ~PAGE_MASK;
+	if (tls_miss_addr != page) {
+		tls_miss_addr = page;
+		tls_miss_count = 0;
+	} else if (tls_miss_gen == gen || tls_miss_count >= MISS_RETRIES) {
+		tls_miss_addr = 0;
+		return false;
+	}
+	tls_miss_gen = gen;
+	tls_miss_count++;
+	return true;
+}
+
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
@@ -140,6 +172,10 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		}
 	}
 	ebr_exit(tok);
+	if (!found && retry_unknown(addr)) {
+		errno = saved;
+		return;
+	}
 	if (rc && found && atomic_load_explicit(&g_trace_on, memory_order_relaxed)) {
 		/* Debugging only (not signal-safe): why this access fails. */
 		fprintf(stderr, "uhmm: SIGBUS at %#lx not resolved (%d)\n", (unsigned long)addr, rc);
@@ -188,10 +224,63 @@ int sigbus_acquire(void)
 	return r;
 }
 
+/* Does any thread of the process have a SIGBUS pending (raised, not yet
+ * delivered)?  -1 if that cannot be read. */
+static int sigbus_pending_anywhere(void)
+{
+	DIR *dir = opendir("/proc/self/task");
+	if (!dir)
+		return -1;
+	int found = 0;
+	struct dirent *de;
+	while (!found && (de = readdir(dir))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char path[300], line[128];
+		snprintf(path, sizeof(path), "/proc/self/task/%s/status", de->d_name);
+		FILE *f = fopen(path, "re");
+		if (!f)
+			continue; /* the thread exited */
+		while (fgets(line, sizeof(line), f)) {
+			unsigned long long mask;
+			if ((sscanf(line, "SigPnd: %llx", &mask) == 1 ||
+			     sscanf(line, "ShdPnd: %llx", &mask) == 1) &&
+			    (mask & (1ULL << (SIGBUS - 1))))
+				found = 1;
+		}
+		fclose(f);
+	}
+	closedir(dir);
+	return found;
+}
+
+/*
+ * The last SIGBUS-mode context is closing and its ranges are unregistered,
+ * so no new SIGBUS of ours can be raised.  One raised before may still be
+ * pending in a thread that was preempted on its way back to user mode: it
+ * is delivered to whatever handler is installed then, so the previous
+ * handler (which would take it for a crash) goes back only once no thread
+ * has a SIGBUS pending, seen twice 1 ms apart (for at most a second).  A
+ * SIGBUS that was the application's own and pending meanwhile is delivered
+ * to ours, which passes it on.
+ */
+static void wait_stale_sigbus(void)
+{
+	for (int clean = 0, i = 0; clean < 2 && i < 1000; i++) {
+		int r = sigbus_pending_anywhere();
+		if (r < 0)
+			return;
+		clean = r ? 0 : clean + 1;
+		struct timespec ts = { 0, 1000000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 void sigbus_release(void)
 {
 	pthread_mutex_lock(&g_lock);
 	if (g_users > 0 && --g_users == 0) {
+		wait_stale_sigbus();
 		struct sigaction cur;
 		if (!sigaction(SIGBUS, NULL, &cur) && (cur.sa_flags & SA_SIGINFO) &&
 		    cur.sa_sigaction == on_sigbus)

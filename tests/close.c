@@ -4,6 +4,9 @@
 #include <signal.h>
 #include <sys/syscall.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include "testdev.h"
 
 #define N 128
@@ -180,6 +183,72 @@ static void close_empty(void **state)
 	assert_int_equal(uhmm_close(NULL), -EINVAL);
 }
 
+/* ---- close while other threads read device-resident pages ----
+ * Contract: uhmm_close brings every page home before it stops serving
+ * faults, and a fault that arrives while it runs is still served: readers
+ * never see wrong data and never die of SIGBUS, in either mode. */
+#define CR_READERS 3
+#define CR_PAGES 512
+
+struct close_reader {
+	const unsigned char *p;
+	unsigned seed;
+	atomic_bool *stop;
+	atomic_long *bad;
+	atomic_ulong *reads;
+	unsigned id;
+};
+
+static void *close_reader_main(void *arg)
+{
+	struct close_reader *r = arg;
+	size_t i = r->id * 97;
+	while (!atomic_load(r->stop)) {
+		i = (i + 7) % CR_PAGES;
+		/* One word per page: each read of a device page is a fault. */
+		size_t w = (i * 13) % words_per_page();
+		uint64_t v = ((const volatile uint64_t *)(r->p + i * PS()))[w];
+		if (v != pat(r->seed, i, w))
+			atomic_fetch_add(r->bad, 1);
+		atomic_fetch_add(r->reads, 1);
+	}
+	return NULL;
+}
+
+static void close_while_reading(void **state)
+{
+	struct uhmm *h = t_open_nofa(state);
+	struct uhmm_device *d = t_dummy(h);
+	void *p = t_mmap(CR_PAGES);
+	assert_int_equal(uhmm_range_add(h, p, CR_PAGES * PS()), 0);
+	fill_pages(p, 0, CR_PAGES, 61);
+	assert_migrate(h, p, CR_PAGES * PS(), d, CR_PAGES, 0);
+
+	atomic_bool stop = false;
+	atomic_long bad = 0;
+	atomic_ulong reads = 0;
+	struct close_reader rd[CR_READERS];
+	pthread_t th[CR_READERS];
+	for (unsigned i = 0; i < CR_READERS; i++) {
+		rd[i] = (struct close_reader){ p, 61, &stop, &bad, &reads, i };
+		assert_int_equal(pthread_create(&th[i], NULL, close_reader_main, &rd[i]), 0);
+	}
+	/* Some pages came home by fault, most are still on the device. */
+	while (atomic_load(&reads) < 16)
+		usleep(100);
+	t_close(h);
+	/* The readers go on over ordinary memory now. */
+	unsigned long at = atomic_load(&reads);
+	while (atomic_load(&reads) < at + 1000)
+		usleep(100);
+	atomic_store(&stop, true);
+	for (unsigned i = 0; i < CR_READERS; i++)
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+	assert_int_equal(atomic_load(&bad), 0);
+	assert_pages(p, 0, CR_PAGES, 61);
+	munmap(p, CR_PAGES * PS());
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -188,6 +257,7 @@ int main(void)
 		TEST_BOTH(close_no_leak),
 		TEST_BOTH(close_sigbus_handler),
 		TEST_BOTH(close_empty),
+		TEST_BOTH(close_while_reading),
 	};
 	return cmocka_run_group_tests_name("close", tests, NULL, NULL);
 }
