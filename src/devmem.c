@@ -122,6 +122,10 @@ static void release(struct uhmm_dpage *dp, bool clean)
 			dpage_set_vaddr(dp, (uintptr_t)head << PAGE_SHIFT); /* the link */
 		while (!atomic_compare_exchange_weak(&m->dirty, &head, (uint64_t)idx + 1));
 	} else {
+		/* An unregistered pool slot is emptied at once (no event to wait
+		 * for): a free slot never keeps host memory. */
+		if (m->host && m->fd < 0 && !clean)
+			madvise(m->host + idx * PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED);
 		free_slot(m, idx);
 	}
 	atomic_fetch_sub_explicit(&m->used, 1, memory_order_release); /* m may be freed from here */

@@ -180,6 +180,11 @@ static void run_home(struct uhmm *h, struct mpage *p, size_t k)
 	} else if (m->host) {
 		r = uffd_copy(h->uffd, p[0].addr, dpage_host(m, p[0].dp), len, false, &done);
 		stat_add(h, ST_COPY_CALLS, 1);
+		/* The pool is not registered (no MOVE): emptying its slots raises
+		 * no event, so do it now, one call for the run, and the host does
+		 * not keep a second copy of what came home. */
+		if (done && m->fd < 0)
+			madvise(dpage_host(m, p[0].dp), done, MADV_DONTNEED);
 	} else {
 		size_t idx[BATCH_PAGES];
 		int slot;
@@ -226,8 +231,8 @@ void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct u
 		}
 		struct uhmm_devmem *m = devmem_of(p[i].dp);
 		p[i].new = UHMM_STATE_SYSTEM;
-		if (m->host_registered && !p[i].copied)
-			dpage_put_clean(p[i].dp);
+		if (m->host && m->fd < 0 && !p[i].copied)
+			dpage_put_clean(p[i].dp); /* its slot is empty (moved, or emptied above) */
 		else
 			dpage_put(p[i].dp);
 		moved++;

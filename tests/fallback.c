@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* UHMM_OPT_NO_MOVE: the copy + unmap fallback instead of UFFDIO_MOVE. */
-#include "common.h"
+#include "testdev.h"
 
 #define N 256
 
@@ -124,6 +124,45 @@ static void fallback_mixed(void **state)
 	t_close(h);
 }
 
+/* Pages of an unregistered pool (no MOVE) that are resident, of npages. */
+static size_t pool_resident(struct uhmm_devmem *m, size_t npages)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < npages; i++) {
+		unsigned char vec = 0;
+		void *a = uhmm_devmem_host_addr(m, i);
+		assert_non_null(a);
+		assert_int_equal(mincore(a, PS(), &vec), 0);
+		n += vec & 1;
+	}
+	return n;
+}
+
+/* The host keeps no second copy: once pages come home (explicitly, by CPU
+ * fault, or are freed on the device), their pool slots hold no memory. */
+static void fallback_pool_bounded(void **state)
+{
+	struct uhmm_options o;
+	memset(&o, 0, sizeof(o));
+	o.flags = UHMM_OPT_NO_MOVE;
+	struct uhmm *h = t_open_opts(state, &o);
+	struct tdev *t = tdev_create(h, true, N);
+	void *p = t_alloc(h, N);
+
+	fill_pages(p, 0, N, 21);
+	assert_migrate(h, p, N * PS(), t->dev, N, 0);
+	assert_int_equal(pool_resident(t->m, N), N); /* the data is there now */
+	assert_pages(p, 0, N / 4, 21);               /* CPU faults: N/4 home */
+	assert_migrate(h, p, N / 2 * PS(), NULL, N / 2, 0);
+	assert_int_equal(pool_resident(t->m, N), N / 2);
+	/* Freed while on the device: the slot is emptied too. */
+	assert_int_equal(uhmm_free(h, page_at(p, N / 2), N / 2 * PS()), 0);
+	assert_int_equal(pool_resident(t->m, N), 0);
+	assert_pages(p, 0, N / 2, 21);
+	t_close(h);
+	tdev_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -131,6 +170,7 @@ int main(void)
 		TEST_BOTH(fallback_env),
 		TEST_BOTH(fallback_default_moves),
 		TEST_BOTH(fallback_mixed),
+		TEST_BOTH(fallback_pool_bounded),
 	};
 	return cmocka_run_group_tests_name("fallback", tests, NULL, NULL);
 }
