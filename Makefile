@@ -6,9 +6,14 @@ BUILD_ASAN  ?= build-asan
 BUILD_TSAN  ?= build-tsan
 BUILD_FUZZ  ?= build-fuzz
 MESON_OPTS  ?=
-# make stress: the long model-based run (docs/RELIABILITY.md).
-STRESS_OPS  ?= 1000000
-STRESS_ARGS ?=
+# make stress: the long stress matrix (docs/RELIABILITY.md): STRESS_NSEEDS
+# new seeds (derived from the time, printed in the table) x 3 modes x
+# STRESS_OPS operations, plus one run of STRESS_LONG_OPS per mode.
+STRESS_NSEEDS   ?= 20
+STRESS_OPS      ?= 200000
+STRESS_LONG_OPS ?= 1000000
+STRESS_SEEDS    ?= $(shell s=$$(( $$(date +%s) % 100000 * 100 )); for i in $$(seq 1 $(STRESS_NSEEDS)); do printf '%s ' $$((s + i)); done)
+STRESS_ARGS     ?=
 # make fuzz: seconds of fuzzing.
 FUZZ_TIME   ?= 60
 
@@ -18,7 +23,7 @@ ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1:print_su
 TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp
 
 .PHONY: all deps build demo test test-quick test-gcc test-asan test-tsan asan tsan clang install \
-        clean info bench stress stress-short fuzz
+        clean info bench stress fuzz
 
 all: build
 
@@ -63,9 +68,7 @@ tsan: deps $(BUILD_TSAN)/build.ninja
 # The suite three times: gcc, clang ASan+UBSan (with leak check), clang TSan.
 test: test-gcc test-asan test-tsan
 
-# The model-based stress suite is run by `make stress-short` / `make stress`
-# (see docs/RELIABILITY.md for its open failures).
-TEST_ARGS = --print-errorlogs --num-processes 1 --no-suite stress
+TEST_ARGS = --print-errorlogs --num-processes 1
 
 test-gcc: build clang
 	meson test -C $(BUILD) $(TEST_ARGS)
@@ -76,12 +79,10 @@ test-asan: asan
 test-tsan: tsan
 	$(TSAN_ENV) meson test -C $(BUILD_TSAN) $(TEST_ARGS)
 
-stress-short: build
-	meson test -C $(BUILD) --print-errorlogs --num-processes 1 --suite stress
-
-# Long model-based stress: 1,000,000 operations over 4 threads.
+# The long stress matrix (docs/RELIABILITY.md), new seeds each time.
 stress: build
-	./$(BUILD)/tests/stress/uhmm-stress --ops $(STRESS_OPS) --threads 4 $(STRESS_ARGS)
+	tests/stress/matrix.sh ./$(BUILD)/tests/stress/uhmm-stress --seeds "$(STRESS_SEEDS)" \
+	    --ops $(STRESS_OPS) --long-ops $(STRESS_LONG_OPS) --threads 4 --watchdog 600 $(STRESS_ARGS)
 
 # libFuzzer target, built with clang straight from the library sources.
 $(BUILD_FUZZ)/fuzz_api: tests/fuzz/fuzz_api.c $(wildcard src/*.c src/*.h src/devices/*.c include/*.h) | deps
