@@ -5,6 +5,8 @@ BUILD_CLANG ?= build-clang
 BUILD_ASAN  ?= build-asan
 BUILD_TSAN  ?= build-tsan
 BUILD_FUZZ  ?= build-fuzz
+BUILD_INSTALL ?= build-install
+PREFIX      ?= /usr/local
 MESON_OPTS  ?=
 # make stress: the long stress matrix (docs/RELIABILITY.md): STRESS_NSEEDS
 # new seeds (derived from the time, printed in the table) x 3 modes x
@@ -95,8 +97,17 @@ fuzz: $(BUILD_FUZZ)/fuzz_api
 	cd $(BUILD_FUZZ) && ASAN_OPTIONS=detect_leaks=1 ./fuzz_api -max_total_time=$(FUZZ_TIME) \
 	    -handle_bus=0 -print_final_stats=1 corpus $(CURDIR)/tests/fuzz/corpus
 
-install: build
-	meson install -C $(BUILD)
+# Installing needs only meson, ninja and a C compiler (no test dependency,
+# no root beyond writing PREFIX): its own build folder, tests off.
+# DESTDIR stages the install (packagers).
+install:
+	@if [ -f $(BUILD_INSTALL)/build.ninja ]; then \
+	    meson configure $(BUILD_INSTALL) -Dprefix=$(PREFIX) -Dtests=false; \
+	else \
+	    meson setup $(BUILD_INSTALL) --prefix=$(PREFIX) -Dtests=false $(MESON_OPTS); \
+	fi
+	ninja -C $(BUILD_INSTALL)
+	DESTDIR=$(DESTDIR) meson install -C $(BUILD_INSTALL) --quiet
 
 clean:
-	rm -rf $(BUILD) $(BUILD_CLANG) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ)
+	rm -rf $(BUILD) $(BUILD_CLANG) $(BUILD_ASAN) $(BUILD_TSAN) $(BUILD_FUZZ) $(BUILD_INSTALL)

@@ -24,11 +24,16 @@ int main(void)
 
 	CHECK(uhmm_migrate(h, p, len, dev, NULL)); /* moved to device memory */
 	CHECK(uhmm_query(h, p, 1, &pi));
-	printf("page 0: %s\n", pi.state == UHMM_STATE_DEVICE ? "on the device" : "?");
+	if (pi.state != UHMM_STATE_DEVICE)
+		return fprintf(stderr, "page 0 is not on the device\n"), 1;
+	printf("page 0: on the device\n");
 
-	printf("CPU reads '%c'\n", p[0]);         /* faults page 0 back home */
+	char c = *(volatile char *)p;             /* CPU fault: page 0 comes home */
+	printf("CPU reads '%c'\n", c);
 	CHECK(uhmm_query(h, p, 1, &pi));
-	printf("page 0: %s\n", pi.state == UHMM_STATE_SYSTEM ? "in system memory" : "?");
+	if (pi.state != UHMM_STATE_SYSTEM || c != 'x')
+		return fprintf(stderr, "page 0 did not come home intact\n"), 1;
+	printf("page 0: in system memory\n");
 
 	CHECK(uhmm_stats_get(h, &st));
 	printf("%llu pages to device, %llu back, %llu CPU faults\n",

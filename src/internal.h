@@ -277,7 +277,7 @@ void dpage_check_(struct uhmm *h, const struct uhmm_dpage *dp, uintptr_t va, con
 		if (__builtin_expect(atomic_load_explicit(&g_trace_on, memory_order_relaxed), 0)) \
 			dpage_check_((h), (dp), (va), (where));                             \
 	} while (0)
-UHMM_API void uhmm_debug_trace_dump(struct uhmm *h, const void *addr);
+void uhmm_debug_trace_dump(struct uhmm *h, const void *addr);
 void devmem_destroy(struct uhmm_devmem *m);
 
 /* ------------------------------------------------------------------------

@@ -124,7 +124,7 @@ static bool rec_touches(const struct trace_rec *r, uintptr_t lo, uintptr_t hi, u
 
 #define MAX_DPS 64
 
-UHMM_API void uhmm_debug_trace_dump(struct uhmm *h, const void *addr)
+void uhmm_debug_trace_dump(struct uhmm *h, const void *addr)
 {
 	if (!atomic_load(&g_trace_on) || !h)
 		return;
