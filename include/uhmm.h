@@ -559,10 +559,19 @@ int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c
  * pages move into the device's memory (never-populated ones are populated
  * first) and are marked exclusive in its page table; any CPU touch brings
  * them back and revokes the exclusivity.  A page held by another device is
- * taken from it (through system memory), as the kernel does.  Fails:
- * -EINVAL bad arguments; -EFAULT / -EPERM no (write) access; -EBUSY a page
- * could not be made exclusive (out of device memory) — pages already made
- * exclusive stay so.
+ * taken from it (through system memory), as the kernel does.
+ * On a device whose memory is coherent (devmem_flags DEVICE |
+ * ALLOW_MIGRATION) the CPU would read and write the pages in place with no
+ * fault, so exclusive pages leave coherent memory: the 2 MiB granules they
+ * are in come home whole (the rest of each granule stays in system memory)
+ * and the pages move into a private block the device adds for them on
+ * first use (UHMM_DUMMY_CHUNK, counted in its capacity).  They are then
+ * UHMM_STATE_DEVICE on d, and any CPU access, read or write, faults them
+ * home and revokes the exclusivity, as on a private device; a later
+ * uhmm_migrate to d skips a granule holding such a page until the CPU has
+ * touched it.  Fails: -EINVAL bad arguments; -EFAULT / -EPERM no (write)
+ * access; -EBUSY a page could not be made exclusive (out of device memory)
+ * — pages already made exclusive stay so.
  */
 int uhmm_dummy_exclusive(struct uhmm_device *d, void *addr, size_t npages);
 /* 0 if the CPU revoked exclusivity of every page; -EPERM if one is still exclusive. */

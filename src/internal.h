@@ -539,6 +539,11 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval);
 int migrate_range_home(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_device *only);
 /* Bring back one device page given its descriptor (devmem evacuation). */
 int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp);
+/* uhmm_migrate to a device, into its private (unaddressable) blocks only,
+ * even if it also has coherent memory: coherent granules of the range come
+ * home first (the dummy device's exclusive access on coherent memory). */
+int migrate_private(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                    struct uhmm_migrate_result *res);
 /* Coherent memory (coherent.c): whole 2 MiB granules. */
 int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d);
 int coherent_home(struct uhmm *h, uintptr_t g);

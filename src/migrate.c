@@ -917,8 +917,11 @@ size_t migrate_home_ahead(struct uhmm *h, uintptr_t a, uintptr_t end, uint64_t e
 
 /* ---- the public call ---- */
 
-UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
-                          struct uhmm_migrate_result *res)
+/* private_only: migrate page by page into `to`'s private (unaddressable)
+ * blocks even if `to` has coherent memory, bringing coherent granules of
+ * the range home first (see migrate_private). */
+static int migrate_range(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                         bool private_only, struct uhmm_migrate_result *res)
 {
 	if (!h)
 		return -EINVAL;
@@ -947,11 +950,11 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 		r = -ENOMEM;
 		goto out;
 	}
-	if (to && to->coherent) {
+	if (to && to->coherent && !private_only) {
 		migrate_coherent(h, a, end, to, &migrated, &skipped);
 		goto done;
 	}
-	if (!to)
+	if (!to || private_only)
 		coherent_range_home(h, a, end);
 	for (uintptr_t b = a, be; b < end; b = be) {
 		be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
@@ -979,4 +982,16 @@ out:
 		res->skipped = skipped;
 	}
 	return r;
+}
+
+UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                          struct uhmm_migrate_result *res)
+{
+	return migrate_range(h, addr, len, to, false, res);
+}
+
+int migrate_private(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                    struct uhmm_migrate_result *res)
+{
+	return migrate_range(h, addr, len, to, true, res);
 }
