@@ -468,9 +468,16 @@ struct uhmm_range_entry {
  * Fill entries[0..npages) for [addr, ...).  With READ/WRITE, never-populated
  * pages are populated (zero page for READ) and pages private to another
  * device are brought back to system memory; pages local to this device are
- * left in place.  A page outside managed memory is reported from the
- * process's mappings (VALID/WRITE or ERROR); see README "Device access to
- * unmanaged memory".  Each call with READ or WRITE counts one device fault
+ * left in place.  A page outside managed memory is VALID or ERROR from
+ * the process's mappings, and WRITE as its own page table entry would be:
+ * in a private mapping a page that is not yet this process's own copy (a
+ * file page not copied on write, an untouched page of a file mapping, the
+ * zero page, a page shared with a forked child) is not WRITE; with
+ * UHMM_RANGE_WRITE such a page is faulted in for write first, copied on
+ * write as the CPU's write fault would (MADV_POPULATE_WRITE, Linux 5.14:
+ * -EFAULT if that fails, on older kernels too).  Memory of other contexts
+ * and uhmm's own mappings are reported from their mapping only.  See
+ * README "Device access to unmanaged memory".  Each call with READ or WRITE counts one device fault
  * round.  Fails: -EINVAL bad arguments; -EFAULT with
  * READ/WRITE a page has no access (PROT_NONE, unmapped); -EPERM with WRITE a
  * page is read-only.  Entries are valid for that call's sequence only.
