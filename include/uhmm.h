@@ -320,6 +320,24 @@ int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
  */
 int uhmm_mprotect(struct uhmm *h, void *addr, size_t len, int prot);
 
+/*
+ * Bring every page of h that lives in private device memory home, for a
+ * fatal-signal handler (SIGSEGV, SIGABRT, ...) to call before the process
+ * dumps core: a core dump or a debugger (ptrace, /proc/PID/mem) does not
+ * fault device-resident pages back, so they read as zeros (core dump) or
+ * fail with EIO.  Async-signal-safe on the terms of uhmm's SIGBUS handler:
+ * no allocation and never a wait for a page lock (a busy page is retried a
+ * bounded number of times, then left), so call it from a handler of a
+ * signal raised by application code outside any uhmm call and outside the
+ * device's and mirrors' callbacks (the interrupted code could hold a lock
+ * the migration needs); it needs the stack a SIGBUS fault takes (about
+ * 64 KiB: give a sigaltstack at least that).  Coherent pages are mapped
+ * in place and stay where they are (see README "Limits").  Returns 0;
+ * -EBUSY some page could not come home (it stays on its device); -EINVAL
+ * h == NULL; -ECHILD in a forked child.  Also callable outside handlers.
+ */
+int uhmm_evacuate_all(struct uhmm *h);
+
 /* ------------------------------------------------------------------------
  * Where each page lives.
  * ---------------------------------------------------------------------- */

@@ -995,3 +995,54 @@ int migrate_private(struct uhmm *h, void *addr, size_t len, struct uhmm_device *
 {
 	return migrate_range(h, addr, len, to, true, res);
 }
+
+/* ---- bringing everything home from a fatal-signal handler ---- */
+
+/* Tries per busy page: another thread's migration of it ends in well
+ * under this many yields; a lock its holder will never release (the
+ * interrupted thread's own) must not hang a dying process. */
+#define EVAC_TRIES 10000
+
+struct evac {
+	struct uhmm *h;
+	size_t failed;
+};
+
+static int evac_visit(uintptr_t addr, _Atomic uint64_t *e, void *arg)
+{
+	struct evac *ev = arg;
+	for (unsigned t = 0; pte_state(atomic_load(e)) == UHMM_STATE_DEVICE; t++) {
+		if (t == EVAC_TRIES) {
+			ev->failed++;
+			break;
+		}
+		struct range_ent r;
+		unsigned tok = ebr_enter();
+		int rc = 0;
+		if (range_lookup_managed(ev->h, addr, &r))
+			/* A CPU fault's own path, as the SIGBUS handler takes it,
+			 * but never sleeping on a page lock. */
+			rc = fault_resolve(ev->h, &r, addr, FAULT_SERVICE, 0);
+		ebr_exit(tok);
+		if (rc == -EFAULT) {
+			ev->failed++; /* the device cannot give it back */
+			break;
+		}
+		if (rc)
+			sched_yield(); /* busy, or the mm is changing: look again */
+	}
+	return 0;
+}
+
+UHMM_API int uhmm_evacuate_all(struct uhmm *h)
+{
+	if (!h)
+		return -EINVAL;
+	if (h->pid != getpid())
+		return -ECHILD;
+	struct evac ev = { .h = h, .failed = 0 };
+	/* Lock-free walk of every entry ever created (nodes are never freed
+	 * while the context lives); no allocation, no lock waited for. */
+	ptable_walk(&h->pt, 0, UINTPTR_MAX & ~PAGE_MASK, evac_visit, &ev);
+	return ev.failed ? -EBUSY : 0;
+}
