@@ -132,8 +132,12 @@ static void evacuate_crash(void **state)
 		sa.sa_handler = on_segv;
 		sigemptyset(&sa.sa_mask);
 		sigaction(SIGSEGV, &sa, NULL);
-		int *volatile bad = NULL;
-		*bad = 1; /* the crash */
+		/* The crash: a store to inaccessible memory (not a null
+		 * pointer, which UBSan would report first). */
+		volatile int *bad = mmap(NULL, PS(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if ((void *)bad == MAP_FAILED)
+			_exit(15);
+		*bad = 1;
 		_exit(14);
 	}
 	close(fds[1]);
