@@ -328,6 +328,24 @@ int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
  */
 int uhmm_mprotect(struct uhmm *h, void *addr, size_t len, int prot);
 
+/*
+ * Bring every page of h that lives in private device memory home, for a
+ * fatal-signal handler (SIGSEGV, SIGABRT, ...) to call before the process
+ * dumps core: a core dump or a debugger (ptrace, /proc/PID/mem) does not
+ * fault device-resident pages back, so they read as zeros (core dump) or
+ * fail with EIO.  Async-signal-safe on the terms of uhmm's SIGBUS handler:
+ * no allocation and never a wait for a page lock (a busy page is retried a
+ * bounded number of times, then left), so call it from a handler of a
+ * signal raised by application code outside any uhmm call and outside the
+ * device's and mirrors' callbacks (the interrupted code could hold a lock
+ * the migration needs); it needs the stack a SIGBUS fault takes (about
+ * 64 KiB: give a sigaltstack at least that).  Coherent pages are mapped
+ * in place and stay where they are (see README "Limits").  Returns 0;
+ * -EBUSY some page could not come home (it stays on its device); -EINVAL
+ * h == NULL; -ECHILD in a forked child.  Also callable outside handlers.
+ */
+int uhmm_evacuate_all(struct uhmm *h);
+
 /* ------------------------------------------------------------------------
  * Where each page lives.
  * ---------------------------------------------------------------------- */
@@ -476,9 +494,16 @@ struct uhmm_range_entry {
  * Fill entries[0..npages) for [addr, ...).  With READ/WRITE, never-populated
  * pages are populated (zero page for READ) and pages private to another
  * device are brought back to system memory; pages local to this device are
- * left in place.  A page outside managed memory is reported from the
- * process's mappings (VALID/WRITE or ERROR); see README "Device access to
- * unmanaged memory".  Each call with READ or WRITE counts one device fault
+ * left in place.  A page outside managed memory is VALID or ERROR from
+ * the process's mappings, and WRITE as its own page table entry would be:
+ * in a private mapping a page that is not yet this process's own copy (a
+ * file page not copied on write, an untouched page of a file mapping, the
+ * zero page, a page shared with a forked child) is not WRITE; with
+ * UHMM_RANGE_WRITE such a page is faulted in for write first, copied on
+ * write as the CPU's write fault would (MADV_POPULATE_WRITE, Linux 5.14:
+ * -EFAULT if that fails, on older kernels too).  Memory of other contexts
+ * and uhmm's own mappings are reported from their mapping only.  See
+ * README "Device access to unmanaged memory".  Each call with READ or WRITE counts one device fault
  * round.  Fails: -EINVAL bad arguments; -EFAULT with
  * READ/WRITE a page has no access (PROT_NONE, unmapped); -EPERM with WRITE a
  * page is read-only.  Entries are valid for that call's sequence only.
@@ -567,10 +592,19 @@ int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c
  * pages move into the device's memory (never-populated ones are populated
  * first) and are marked exclusive in its page table; any CPU touch brings
  * them back and revokes the exclusivity.  A page held by another device is
- * taken from it (through system memory), as the kernel does.  Fails:
- * -EINVAL bad arguments; -EFAULT / -EPERM no (write) access; -EBUSY a page
- * could not be made exclusive (out of device memory) — pages already made
- * exclusive stay so.
+ * taken from it (through system memory), as the kernel does.
+ * On a device whose memory is coherent (devmem_flags DEVICE |
+ * ALLOW_MIGRATION) the CPU would read and write the pages in place with no
+ * fault, so exclusive pages leave coherent memory: the 2 MiB granules they
+ * are in come home whole (the rest of each granule stays in system memory)
+ * and the pages move into a private block the device adds for them on
+ * first use (UHMM_DUMMY_CHUNK, counted in its capacity).  They are then
+ * UHMM_STATE_DEVICE on d, and any CPU access, read or write, faults them
+ * home and revokes the exclusivity, as on a private device; a later
+ * uhmm_migrate to d skips a granule holding such a page until the CPU has
+ * touched it.  Fails: -EINVAL bad arguments; -EFAULT / -EPERM no (write)
+ * access; -EBUSY a page could not be made exclusive (out of device memory)
+ * — pages already made exclusive stay so.
  */
 int uhmm_dummy_exclusive(struct uhmm_device *d, void *addr, size_t npages);
 /* 0 if the CPU revoked exclusivity of every page; -EPERM if one is still exclusive. */

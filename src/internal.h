@@ -419,6 +419,13 @@ int maps_query(uintptr_t start, uintptr_t end, struct vma_info *out, int max);
 struct prot_cache { uintptr_t start, end; int prot; struct vma_info v[16]; int n; uintptr_t qs, qe; };
 void prot_cache_init(struct prot_cache *c, uintptr_t start, uintptr_t end);
 int prot_at(struct prot_cache *c, uintptr_t addr);
+/* The cached VMA holding addr, or NULL if unmapped. */
+const struct vma_info *vma_at(struct prot_cache *c, uintptr_t addr);
+/* Raw /proc/self/pagemap entries of n pages from addr; 0 or -EIO. */
+#define PM_PRESENT   (1ULL << 63)
+#define PM_FILE      (1ULL << 61) /* a page-cache page (file or shared anonymous) */
+#define PM_EXCLUSIVE (1ULL << 56) /* mapped by this page table only */
+int pagemap_read(uintptr_t addr, size_t n, uint64_t *out);
 /* Is the page mapped with the shared zero page?  (pagemap; -1 unknown) */
 int page_is_zero(uintptr_t addr);
 /* Which of n pages from addr are present (pagemap); 0 or -EIO. */
@@ -560,6 +567,11 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval);
 int migrate_range_home(struct uhmm *h, uintptr_t start, uintptr_t end, struct uhmm_device *only);
 /* Bring back one device page given its descriptor (devmem evacuation). */
 int migrate_dpage_home(struct uhmm *h, struct uhmm_dpage *dp);
+/* uhmm_migrate to a device, into its private (unaddressable) blocks only,
+ * even if it also has coherent memory: coherent granules of the range come
+ * home first (the dummy device's exclusive access on coherent memory). */
+int migrate_private(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                    struct uhmm_migrate_result *res);
 /* Coherent memory (coherent.c): whole 2 MiB granules. */
 int coherent_to_device(struct uhmm *h, uintptr_t g, struct uhmm_device *d);
 int coherent_home(struct uhmm *h, uintptr_t g);

@@ -922,8 +922,11 @@ size_t migrate_home_ahead(struct uhmm *h, uintptr_t a, uintptr_t end, uint64_t e
 
 /* ---- the public call ---- */
 
-UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
-                          struct uhmm_migrate_result *res)
+/* private_only: migrate page by page into `to`'s private (unaddressable)
+ * blocks even if `to` has coherent memory, bringing coherent granules of
+ * the range home first (see migrate_private). */
+static int migrate_range(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                         bool private_only, struct uhmm_migrate_result *res)
 {
 	if (!h)
 		return -EINVAL;
@@ -952,11 +955,11 @@ UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_de
 		r = -ENOMEM;
 		goto out;
 	}
-	if (to && to->coherent) {
+	if (to && to->coherent && !private_only) {
 		migrate_coherent(h, a, end, to, &migrated, &skipped);
 		goto done;
 	}
-	if (!to)
+	if (!to || private_only)
 		coherent_range_home(h, a, end);
 	for (uintptr_t b = a, be; b < end; b = be) {
 		be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
@@ -984,4 +987,67 @@ out:
 		res->skipped = skipped;
 	}
 	return r;
+}
+
+UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                          struct uhmm_migrate_result *res)
+{
+	return migrate_range(h, addr, len, to, false, res);
+}
+
+int migrate_private(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
+                    struct uhmm_migrate_result *res)
+{
+	return migrate_range(h, addr, len, to, true, res);
+}
+
+/* ---- bringing everything home from a fatal-signal handler ---- */
+
+/* Tries per busy page: another thread's migration of it ends in well
+ * under this many yields; a lock its holder will never release (the
+ * interrupted thread's own) must not hang a dying process. */
+#define EVAC_TRIES 10000
+
+struct evac {
+	struct uhmm *h;
+	size_t failed;
+};
+
+static int evac_visit(uintptr_t addr, _Atomic uint64_t *e, void *arg)
+{
+	struct evac *ev = arg;
+	for (unsigned t = 0; pte_state(atomic_load(e)) == UHMM_STATE_DEVICE; t++) {
+		if (t == EVAC_TRIES) {
+			ev->failed++;
+			break;
+		}
+		struct range_ent r;
+		unsigned tok = ebr_enter();
+		int rc = 0;
+		if (range_lookup_managed(ev->h, addr, &r))
+			/* A CPU fault's own path, as the SIGBUS handler takes it,
+			 * but never sleeping on a page lock. */
+			rc = fault_resolve(ev->h, &r, addr, FAULT_SERVICE, 0);
+		ebr_exit(tok);
+		if (rc == -EFAULT) {
+			ev->failed++; /* the device cannot give it back */
+			break;
+		}
+		if (rc)
+			sched_yield(); /* busy, or the mm is changing: look again */
+	}
+	return 0;
+}
+
+UHMM_API int uhmm_evacuate_all(struct uhmm *h)
+{
+	if (!h)
+		return -EINVAL;
+	if (h->pid != getpid())
+		return -ECHILD;
+	struct evac ev = { .h = h, .failed = 0 };
+	/* Lock-free walk of every entry ever created (nodes are never freed
+	 * while the context lives); no allocation, no lock waited for. */
+	ptable_walk(&h->pt, 0, UINTPTR_MAX & ~PAGE_MASK, evac_visit, &ev);
+	return ev.failed ? -EBUSY : 0;
 }

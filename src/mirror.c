@@ -95,6 +95,78 @@ static unsigned prot_bits(int prot)
 	return (prot & PROT_WRITE) ? UHMM_ENTRY_WRITE : 0;
 }
 
+/* ---- unmanaged memory: each page's own state ---- */
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Pagemap entries of a run of pages, read up to 64 at a time. */
+struct pm_cache {
+	uintptr_t base;
+	size_t n;
+	uint64_t ent[64];
+};
+
+static int pm_get(struct pm_cache *c, uintptr_t a, uintptr_t end, uint64_t *out)
+{
+	if (!c->n || a < c->base || a >= c->base + c->n * PAGE_SIZE) {
+		size_t n = MIN((end - a) / PAGE_SIZE, (size_t)64);
+		c->n = 0;
+		if (pagemap_read(a, n, c->ent))
+			return -EIO;
+		c->base = a;
+		c->n = n;
+	}
+	*out = c->ent[(a - c->base) / PAGE_SIZE];
+	return 0;
+}
+
+/*
+ * May a device write this page of a private writable mapping in place?
+ * The kernel's hmm_range_fault reports the page table entry's own write
+ * bit, and in a private mapping that bit is off until a write fault has
+ * made the page this process's own: a file page not yet copied on write
+ * (a device writing it would write the page cache, the file), the zero
+ * page, a page still shared with a forked child or merged by KSM.  An
+ * absent page of a file mapping would be read from the file; an absent
+ * anonymous page gets a fresh page of its own on the first write.
+ */
+static bool private_page_writable(const struct vma_info *v, uint64_t pm)
+{
+	if (!(pm & PM_PRESENT))
+		return v->anon;
+	return !(pm & PM_FILE) && (pm & PM_EXCLUSIVE);
+}
+
+/*
+ * The WRITE bit of an unmanaged page in a writable mapping (*wr on
+ * entry: from the mapping).  Asked to fault for write, make the page
+ * writable as the CPU's write fault would, copy-on-write included:
+ * MADV_POPULATE_WRITE (Linux 5.14) faults it in for write without storing
+ * anything, where writing a byte back through /proc/self/mem could undo a
+ * store another thread made in between.  Fails -EFAULT if that fault
+ * fails (past the end of a file, say; or an older kernel).
+ */
+static int unmanaged_write(struct prot_cache *pc, struct pm_cache *pm, uintptr_t a,
+                           uintptr_t end, bool fault_write, unsigned *wr)
+{
+	const struct vma_info *v = vma_at(pc, a);
+	uint64_t e;
+	if (!v || v->shared || pm_get(pm, a, end, &e) || private_page_writable(v, e))
+		return 0; /* shared: writes reach the object, as the CPU's do */
+	if (!fault_write) {
+		*wr = 0;
+		return 0;
+	}
+	int r;
+	do
+		r = madvise((void *)a, PAGE_SIZE, MADV_POPULATE_WRITE);
+	while (r && (errno == EINTR || errno == EAGAIN));
+	pm->n = 0; /* the page's state changed */
+	return r ? -EFAULT : 0;
+}
+
 /* Populate a run of never-populated pages [a, a + n pages). */
 static int fault_none_run(struct rf *f, uintptr_t a, size_t n, size_t *done)
 {
@@ -187,6 +259,7 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 	bool fault = flags != UHMM_RANGE_SNAPSHOT;
 	struct prot_cache pc;
 	prot_cache_init(&pc, a, a + npages * PAGE_SIZE);
+	struct pm_cache pm = { .n = 0 };
 	int rc = 0;
 
 	for (size_t i = 0; i < npages;) {
@@ -210,11 +283,21 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 		unsigned wr = prot_bits(prot);
 		struct range_ent r;
 		unsigned tok = ebr_enter();
-		bool managed = range_lookup_managed(h, pa, &r);
+		bool known = range_lookup(pa, &r);
 		ebr_exit(tok);
+		bool managed = known && r.h == h && !r.pool && !r.persist;
 		if (!managed) {
 			/* Unmanaged memory: the device goes through the process's
-			 * own page tables; nothing to mirror. */
+			 * own page tables; nothing to mirror.  Memory of uhmm's
+			 * own (another context's ranges, pools, persistent
+			 * mappings) is reported from the mapping: faulting it here
+			 * would be that context's business. */
+			if (wr && !known) {
+				rc = unmanaged_write(&pc, &pm, pa, a + npages * PAGE_SIZE,
+				                     flags & UHMM_RANGE_WRITE, &wr);
+				if (rc)
+					break;
+			}
 			ent->flags = UHMM_ENTRY_VALID | wr;
 			i++;
 			continue;

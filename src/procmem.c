@@ -153,24 +153,30 @@ void prot_cache_init(struct prot_cache *c, uintptr_t start, uintptr_t end)
 	c->qe = end;
 }
 
-int prot_at(struct prot_cache *c, uintptr_t addr)
+const struct vma_info *vma_at(struct prot_cache *c, uintptr_t addr)
 {
 	for (int pass = 0; pass < 2; pass++) {
 		if (c->n >= 0) {
 			for (int i = 0; i < c->n; i++)
 				if (addr >= c->v[i].start && addr < c->v[i].end)
-					return c->v[i].prot;
+					return &c->v[i];
 			/* Not among the cached VMAs: a hole, unless the cache was full. */
 			if (c->n < (int)(sizeof(c->v) / sizeof(c->v[0])) && addr >= c->qs && addr < c->qe)
-				return -1;
+				return NULL;
 		}
 		c->qs = addr;
 		c->n = maps_query(addr, MAX(c->qe, addr + PAGE_SIZE), c->v,
 		                  (int)(sizeof(c->v) / sizeof(c->v[0])));
 		if (c->n < 0)
-			return -1;
+			return NULL;
 	}
-	return -1;
+	return NULL;
+}
+
+int prot_at(struct prot_cache *c, uintptr_t addr)
+{
+	const struct vma_info *v = vma_at(c, addr);
+	return v ? v->prot : -1;
 }
 
 /* As procmem_fd: an fd a forked child inherited describes the parent. */
@@ -208,6 +214,17 @@ int pages_present(uintptr_t addr, size_t n, bool *present)
 			present[done + i] = ent[i] >> 63 & 1;
 		done += k;
 	}
+	return 0;
+}
+
+int pagemap_read(uintptr_t addr, size_t n, uint64_t *out)
+{
+	int f = pagemap_fd();
+	if (f < 0)
+		return -EIO;
+	ssize_t want = (ssize_t)(n * sizeof(out[0]));
+	if (pread(f, out, (size_t)want, (off_t)((addr >> PAGE_SHIFT) * sizeof(out[0]))) != want)
+		return -EIO;
 	return 0;
 }
 

@@ -44,6 +44,8 @@ struct dummy {
 	struct ptable pt;
 	_Atomic uint64_t cpages, faults;
 	_Atomic uint64_t gen; /* generation of system entries (see dummy_access) */
+	pthread_mutex_t excl_lock; /* creation of excl_mem (never held with dm->lock) */
+	struct uhmm_devmem *excl_mem; /* coherent device: private block for exclusive pages */
 };
 
 static struct dummy *dummy_of(struct uhmm_device *d)
@@ -379,22 +381,53 @@ UHMM_API int uhmm_dummy_release(struct uhmm_device *d)
 	return rc;
 }
 
-/* Exclusive access is device-private residency with a mark: the CPU cannot
+/*
+ * Exclusive access is device-private residency with a mark: the CPU cannot
  * touch the page without faulting it back, and that migration invalidates
- * (revokes) the mark. */
+ * (revokes) the mark.
+ *
+ * On coherent memory the CPU reads and writes in place without a fault, so
+ * a mark on a coherent page would outlive any CPU access.  Write-protect
+ * would catch writes only; reads of a shmem mapping can only be made to
+ * fault by zapping its PTEs under minor-fault registration, a third kind
+ * of fault for both fault paths.  So a coherent device keeps a private
+ * block for its exclusive pages: their granules come home and the pages
+ * move into that block, where any CPU access, read or write, faults them
+ * back exactly as on a private device.
+ */
+static int excl_private_block(struct dummy *dm)
+{
+	int r = 0;
+	pthread_mutex_lock(&dm->excl_lock);
+	if (!dm->excl_mem)
+		r = uhmm_devmem_add(dm->dev, UHMM_DUMMY_CHUNK,
+		                    UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION |
+		                            UHMM_DEVMEM_UNADDRESSABLE,
+		                    &dm->excl_mem);
+	pthread_mutex_unlock(&dm->excl_lock);
+	return r;
+}
+
 UHMM_API int uhmm_dummy_exclusive(struct uhmm_device *d, void *addr, size_t npages)
 {
 	struct dummy *dm = dummy_of(d);
 	uintptr_t a = (uintptr_t)addr;
 	if (!dm || check_span(addr, npages * PAGE_SIZE) || npages > SIZE_MAX / PAGE_SIZE)
 		return -EINVAL;
+	bool coherent = d->coherent;
+	if (coherent) {
+		int r = excl_private_block(dm);
+		if (r)
+			return r == -ENOMEM ? -EBUSY : r;
+	}
 	/* Populate never-touched pages (writable, like the kernel's
 	 * make_device_exclusive), then take them. */
 	int r = dummy_fault(dm, a, npages, true);
 	if (r)
 		return r;
 	pthread_mutex_unlock(&dm->lock);
-	r = uhmm_migrate(d->h, addr, npages * PAGE_SIZE, d, NULL);
+	r = coherent ? migrate_private(d->h, addr, npages * PAGE_SIZE, d, NULL)
+	             : uhmm_migrate(d->h, addr, npages * PAGE_SIZE, d, NULL);
 	if (r)
 		return r;
 	r = dummy_fault(dm, a, npages, true);
@@ -468,6 +501,7 @@ static void dummy_destroy(struct uhmm_device *d)
 	struct dummy *dm = d->backend;
 	ptable_destroy(&dm->pt);
 	pthread_mutex_destroy(&dm->lock);
+	pthread_mutex_destroy(&dm->excl_lock);
 	free(dm);
 }
 
@@ -502,6 +536,7 @@ UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *
 	if (!dm)
 		return -ENOMEM;
 	pthread_mutex_init(&dm->lock, NULL);
+	pthread_mutex_init(&dm->excl_lock, NULL);
 	ptable_init(&dm->pt);
 	static const struct uhmm_device_ops ops = { 0 };
 	struct uhmm_device *d;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * file_read / file_write: device access through a MAP_SHARED file mapping.
+ * file_read / file_write: device access through a MAP_SHARED file mapping;
+ * file_private: entries of a MAP_PRIVATE one.
  * uhmm cannot manage file-backed memory (uhmm_range_add -EINVAL); the dummy
  * device reaches it through the process's own page tables (README "Device
  * access to unmanaged memory"), protections respected, nothing cached: the
@@ -182,11 +183,146 @@ static void file_write(void **state)
 	t_close(h);
 }
 
+/* This process's pagemap entry of the page at a. */
+static uint64_t pm_entry(const void *a)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t e = 0;
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &e, sizeof(e), (off_t)((uintptr_t)a / PS() * sizeof(e))),
+	                 (ssize_t)sizeof(e));
+	close(fd);
+	return e;
+}
+
+#define PM_PRESENT   (1ULL << 63)
+#define PM_FILE      (1ULL << 61)
+#define PM_EXCLUSIVE (1ULL << 56)
+
+static void assert_flags(const struct uhmm_range_entry *e, size_t first, size_t n, unsigned want)
+{
+	for (size_t i = first; i < first + n; i++)
+		if ((e[i].flags & (UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE | UHMM_ENTRY_ERROR)) != want) {
+			print_error("entry %zu: flags %#x, expected %#x\n", i, e[i].flags, want);
+			fail();
+		}
+}
+
+/*
+ * file_private: unmanaged memory is reported from each page's own state,
+ * as the kernel's hmm_range_fault reports its page table entry.  In a
+ * private writable file mapping a page the CPU only read is the file's
+ * page (not copied on write): read-only to a device, or a device write
+ * would reach the file; so is an untouched page (it would be read from
+ * the file), and the zero page of anonymous memory.  A page the CPU wrote
+ * is its own: writable.  Faulting for write copies on write, as the CPU's
+ * write fault does, with the data and the file unchanged.  A shared
+ * mapping stays writable (writes are meant to reach the file).
+ */
+static void file_private(void **state)
+{
+	struct uhmm *h = t_open(state);
+	struct uhmm_device *d = t_dummy(h);
+	struct tdev *t = tdev_create(h, true, 16);
+	struct uhmm_mirror_ops ops;
+	struct uhmm_mirror *m = NULL;
+	memset(&ops, 0, sizeof(ops));
+	assert_int_equal(uhmm_mirror_register(t->dev, &ops, NULL, &m), 0);
+	int fd = tmpfile_fd();
+	file_pwrite(fd, 0, N, 1);
+	struct uhmm_range_entry e[N];
+	uint8_t s[N];
+	void *buf = malloc(N * PS());
+	assert_non_null(buf);
+
+	void *f = mmap(NULL, N * PS(), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	assert_true(f != MAP_FAILED);
+	/* 0-3 read by the CPU, 4-5 written, 6-15 untouched. */
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(touch_read(f, i), pat(1, i, 0));
+	fill_pages(f, 4, 2, 2);
+	assert_true(pm_entry(page_at(f, 0)) & PM_FILE);
+	assert_false(pm_entry(page_at(f, 4)) & PM_FILE);
+
+	memset(e, 0, sizeof(e));
+	assert_int_equal(uhmm_range_fault(m, f, N, UHMM_RANGE_SNAPSHOT, e), 0);
+	assert_flags(e, 0, 4, UHMM_ENTRY_VALID);
+	assert_flags(e, 4, 2, UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE);
+	assert_flags(e, 6, N - 6, UHMM_ENTRY_VALID);
+	/* Faulting for read changes nothing. */
+	assert_int_equal(uhmm_range_fault(m, f, N, UHMM_RANGE_READ, e), 0);
+	assert_flags(e, 0, 4, UHMM_ENTRY_VALID);
+	assert_flags(e, 4, 2, UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE);
+	assert_flags(e, 6, N - 6, UHMM_ENTRY_VALID);
+
+	/* Faulting for write: copied on write, nothing stored. */
+	assert_int_equal(uhmm_range_fault(m, f, 8, UHMM_RANGE_WRITE, e), 0);
+	assert_flags(e, 0, 8, UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE);
+	for (size_t i = 0; i < 8; i++) {
+		uint64_t pe = pm_entry(page_at(f, i));
+		assert_true(pe & PM_PRESENT);
+		assert_false(pe & PM_FILE);
+		assert_true(pe & PM_EXCLUSIVE);
+	}
+	assert_pages(f, 0, 4, 1);
+	assert_pages(f, 4, 2, 2);
+	assert_pages(f, 6, 2, 1);
+	file_expect(fd, 0, N, 1);
+	assert_int_equal(uhmm_range_fault(m, f, N, UHMM_RANGE_SNAPSHOT, e), 0);
+	assert_flags(e, 0, 8, UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE);
+	assert_flags(e, 8, N - 8, UHMM_ENTRY_VALID);
+
+	/* The dummy device: reads leave the pages the file's; a write
+	 * copies them and the file keeps its data. */
+	assert_int_equal(uhmm_dummy_read(d, page_at(f, 8), buf, 4, NULL), 0);
+	assert_buf(buf, 8, 4, 1);
+	assert_int_equal(uhmm_dummy_snapshot(d, page_at(f, 8), 4, s), 0);
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(s[i], UHMM_SNAP_READ);
+	fill_buf(buf, 8, 2, 3);
+	assert_int_equal(uhmm_dummy_write(d, page_at(f, 8), buf, 2, NULL), 0);
+	assert_pages(f, 8, 2, 3);
+	assert_pages(f, 10, 2, 1);
+	file_expect(fd, 0, N, 1);
+	assert_int_equal(uhmm_dummy_snapshot(d, page_at(f, 8), 4, s), 0);
+	assert_int_equal(s[0], UHMM_SNAP_WRITE);
+	assert_int_equal(s[1], UHMM_SNAP_WRITE);
+	assert_int_equal(s[2], UHMM_SNAP_READ);
+	assert_int_equal(s[3], UHMM_SNAP_READ);
+
+	/* Anonymous memory: the zero page is read-only, an absent page not. */
+	void *z = t_mmap(2);
+	assert_int_equal(touch_read(z, 0), 0);
+	assert_int_equal(uhmm_range_fault(m, z, 2, UHMM_RANGE_SNAPSHOT, e), 0);
+	assert_flags(e, 0, 1, UHMM_ENTRY_VALID);
+	assert_flags(e, 1, 1, UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE);
+	assert_int_equal(uhmm_range_fault(m, z, 1, UHMM_RANGE_WRITE, e), 0);
+	assert_flags(e, 0, 1, UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE);
+	assert_int_equal(touch_read(z, 0), 0);
+
+	/* A shared mapping's pages are writable: writes reach the file. */
+	void *fs = mmap(NULL, N * PS(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(fs != MAP_FAILED);
+	assert_int_equal(touch_read(fs, 0), pat(1, 0, 0));
+	assert_int_equal(uhmm_range_fault(m, fs, N, UHMM_RANGE_SNAPSHOT, e), 0);
+	assert_flags(e, 0, N, UHMM_ENTRY_VALID | UHMM_ENTRY_WRITE);
+
+	assert_int_equal(munmap(fs, N * PS()), 0);
+	assert_int_equal(munmap(z, 2 * PS()), 0);
+	assert_int_equal(munmap(f, N * PS()), 0);
+	close(fd);
+	free(buf);
+	assert_int_equal(uhmm_mirror_unregister(m), 0);
+	t_close(h);
+	tdev_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		TEST_BOTH(file_read),
 		TEST_BOTH(file_write),
+		TEST_BOTH(file_private),
 		TEST_ONE(file_read_past_eof),
 	};
 	return cmocka_run_group_tests_name("hmm_file", tests, NULL, NULL);
