@@ -476,8 +476,11 @@ void range_grow_span(struct uhmm *h, uintptr_t start, uintptr_t end)
 		struct range_ent r;
 		while (at < end && range_lookup(at, &r) && r.h == h)
 			at = r.end;
+		/* Growth extends a range upwards: with none of h's below, do
+		 * not bother the service thread (nor read smaps). */
+		bool below = at < end && range_lookup_below(at, &r) && r.h == h;
 		ebr_exit(tok);
-		if (at >= end || !range_grow_request(h, at))
+		if (!below || !range_grow_request(h, at))
 			return;
 		tok = ebr_enter();
 		bool now = range_lookup(at, &r);
