@@ -54,7 +54,10 @@ struct uhmm_mirror;
  *  SIGBUS: UFFD_FEATURE_SIGBUS; the faulting thread resolves its own fault
  *          in a SIGBUS handler (no cross-thread wake-up, several times
  *          faster on VMs).  A system call touching a device-resident page
- *          fails with EFAULT instead.  Handlers the application installed
+ *          fails with EFAULT instead, and so does one touching a managed
+ *          page never populated (read(2) into a fresh buffer: touch it
+ *          first); also in THREAD mode where kernel-mode faults cannot be
+ *          served.  Handlers the application installed
  *          for SIGBUS are chained to for addresses uhmm does not manage.
  *  AUTO:   THREAD where kernel-mode faults can be served (so I/O on managed
  *          memory keeps working), else SIGBUS.  Environment: UHMM_FAULT_MODE
@@ -129,7 +132,10 @@ int uhmm_alloc(struct uhmm *h, size_t len, void **out);
 int uhmm_free(struct uhmm *h, void *addr, size_t len);
 
 /*
- * Adopt existing private anonymous memory (contents kept).
+ * Adopt existing private anonymous memory (contents kept).  Managed memory
+ * follows mremap: moved, its pages and states go with it; grown (moved or
+ * in place, e.g. glibc realloc of a large block), the new part is managed
+ * too; shrunk, the cut part is no longer managed.
  * Fails: -EINVAL bad arguments, or the memory is not mapped, not private
  * anonymous (shared, file-backed) — see errno of UFFDIO_REGISTER;
  * -EEXIST overlaps a range managed by any context.

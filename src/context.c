@@ -182,6 +182,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	pthread_mutex_init(&h->selfremove_lock, NULL);
 	pthread_mutex_init(&h->selfremove_mu, NULL);
 	pthread_mutex_init(&h->remap_lock, NULL);
+	pthread_mutex_init(&h->grow_mu, NULL);
 
 	if (h->mode == UHMM_FAULT_SIGBUS && (r = sigbus_acquire()))
 		goto fail_tables;
@@ -259,6 +260,7 @@ UHMM_API int uhmm_close(struct uhmm *h)
 	pthread_rwlock_destroy(&h->fork_lock);
 	pthread_mutex_destroy(&h->selfremove_lock);
 	pthread_mutex_destroy(&h->selfremove_mu);
+	pthread_mutex_destroy(&h->grow_mu);
 	free(h);
 	return 0;
 }

@@ -342,6 +342,11 @@ static int reset_dest_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 	}
 }
 
+void range_reset_nowait(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	ptable_walk(&h->pt, start, end, reset_dest_one, h);
+}
+
 void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 {
 	mirror_invalidate(h, from, from + len, UHMM_EVENT_REMAP, NULL);
@@ -366,6 +371,9 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 		still = vma_registered(from);
 	PTRACE(EV_REMAP, 0, from, len, to, still | (r == -EAGAIN ? 2 : 0));
 	range_move(h, from, to, len, still);
+	/* The event carries the old length; a mapping mremap grew while it
+	 * moved it is registered over its new length (range_discover). */
+	range_discover(h, to, to + len);
 }
 
 /*

@@ -338,6 +338,16 @@ bool vma_registered(uintptr_t addr);
 struct vma_info;
 int vmas_registered(uintptr_t start, uintptr_t end, struct vma_info *out, int max);
 int range_remove_locked_all(struct uhmm *h);
+/* Growth (mremap grew a registered mapping, range.c): add the parts of the
+ * registered VMAs over [start, end) that hold a range of h and that no
+ * range holds; returns how many intervals were added. */
+int range_discover(struct uhmm *h, uintptr_t start, uintptr_t end);
+bool range_lookup_below(uintptr_t addr, struct range_ent *out);
+bool range_grow_request(struct uhmm *h, uintptr_t addr); /* signal-safe; waits */
+void range_grow_serve(struct uhmm *h);                    /* service thread */
+void range_grow_span(struct uhmm *h, uintptr_t start, uintptr_t end);
+/* Forget entries of [start, end) without waiting for a holder (events.c). */
+void range_reset_nowait(struct uhmm *h, uintptr_t start, uintptr_t end);
 int pool_register(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* Forget what the table says about [start, end) (device pages freed). */
 int range_reset_entries(struct uhmm *h, uintptr_t start, uintptr_t end);
@@ -469,6 +479,8 @@ struct ahead {
 	struct ahead_req req[AHEAD_SLOTS];
 };
 
+#define GROW_SLOTS 8
+
 struct staging {
 	_Atomic uint64_t busy;   /* bit i: buf i in use */
 	char *buf[8];
@@ -515,6 +527,11 @@ struct uhmm {
 
 	struct staging staging;
 	struct ahead ahead;
+	/* Growth discovery requests for the service thread (range.c). */
+	pthread_mutex_t grow_mu;
+	unsigned grow_n;
+	uintptr_t grow_addr[GROW_SLOTS];
+	_Atomic uint64_t grow_req, grow_done;
 	pthread_mutex_t remap_lock;     /* pending moves of busy entries (mremap) */
 	struct remap_pending *remaps;
 	_Atomic uint64_t stats[ST__COUNT];

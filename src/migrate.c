@@ -939,6 +939,8 @@ static int migrate_range(struct uhmm *h, void *addr, size_t len, struct uhmm_dev
 	if (to && to->h != h)
 		return -EINVAL;
 	uintptr_t a = (uintptr_t)addr, end = a + len;
+	if (!range_covered_any(h, a, end) && !range_covered(h, a, end, true))
+		range_grow_span(h, a, end); /* perhaps grown in place by mremap */
 	if (!(to == NULL ? range_covered_any(h, a, end) || range_covered(h, a, end, true)
 	                 : range_covered_any(h, a, end)))
 		return -EINVAL;

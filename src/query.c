@@ -10,6 +10,9 @@ UHMM_API int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct 
 	service_quiesce(h);
 	if (!range_covered(h, a, a + npages * PAGE_SIZE, true) &&
 	    !range_covered_any(h, a, a + npages * PAGE_SIZE))
+		range_grow_span(h, a, a + npages * PAGE_SIZE); /* grown in place by mremap? */
+	if (!range_covered(h, a, a + npages * PAGE_SIZE, true) &&
+	    !range_covered_any(h, a, a + npages * PAGE_SIZE))
 		return -ENOENT;
 	for (size_t i = 0; i < npages; i++) {
 		struct range_ent r;

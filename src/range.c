@@ -26,6 +26,7 @@ struct range_set {
 };
 
 static _Atomic(struct range_set *) g_ranges;
+static int vmas_um(uintptr_t start, uintptr_t end, struct vma_info *out, int max, bool clip);
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
 bool range_lookup(uintptr_t addr, struct range_ent *out)
@@ -308,6 +309,190 @@ static void migrations_barrier(struct uhmm *h)
 	pthread_rwlock_unlock(&h->fork_lock);
 }
 
+/* ---- growth: memory the kernel added to a registered mapping ---- */
+
+/*
+ * mremap keeps a mapping's userfaultfd registration when it grows it: moved
+ * (MREMAP_MAYMOVE, glibc realloc of a large block) the new VMA is registered
+ * over its whole new length, yet the REMAP event carries the old length
+ * only; grown in place there is no event at all.  The kernel then sends
+ * the tail's faults to us, so the tail is ours to manage: one VMA has one
+ * userfaultfd context, and a registered VMA that holds one of h's ranges
+ * is registered with h's.  The parts of such a VMA that no range holds are
+ * added to h's ranges (never populated: the tail is fresh memory, and
+ * every fault there came to us and was held back until now).
+ */
+
+/* The gaps no range (of any context) holds in [start, end); up to max. */
+static int registry_gaps(uintptr_t start, uintptr_t end, struct range_ent *gaps, int max)
+{
+	struct range_set *s = atomic_load(&g_ranges);
+	int n = 0;
+	uintptr_t at = start;
+	for (size_t i = 0; s && i < s->n && at < end; i++) {
+		const struct range_ent *r = &s->e[i];
+		if (r->end <= at)
+			continue;
+		if (r->start >= end)
+			break;
+		if (r->start > at && n < max)
+			gaps[n++] = (struct range_ent){ .start = at, .end = r->start };
+		at = MAX(at, r->end);
+	}
+	if (at < end && n < max)
+		gaps[n++] = (struct range_ent){ .start = at, .end = end };
+	return n;
+}
+
+static bool touches_managed(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	unsigned tok = ebr_enter();
+	struct range_set *s = atomic_load(&g_ranges);
+	bool hit = false;
+	for (size_t i = 0; s && i < s->n && !hit; i++) {
+		const struct range_ent *r = &s->e[i];
+		hit = r->h == h && !r->pool && !r->persist && r->start < end && r->end > start;
+	}
+	ebr_exit(tok);
+	return hit;
+}
+
+int range_discover(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	struct vma_info v[16];
+	int nv = vmas_um(start, end, v, 16, false), added = 0;
+	for (int i = 0; i < nv; i++) {
+		if (!touches_managed(h, v[i].start, v[i].end))
+			continue;
+		struct range_ent gaps[16];
+		pthread_mutex_lock(&g_lock);
+		int ng = registry_gaps(v[i].start, v[i].end, gaps, 16);
+		pthread_mutex_unlock(&g_lock);
+		/* Entries left there describe memory that was mapped before
+		 * (a discard applied late): not this tail's. */
+		for (int k = 0; k < ng; k++)
+			range_reset_nowait(h, gaps[k].start, gaps[k].end);
+		pthread_mutex_lock(&g_lock);
+		ng = registry_gaps(v[i].start, v[i].end, gaps, 16);
+		struct range_set *s = ng ? set_dup((size_t)ng) : NULL;
+		for (int k = 0; s && k < ng; k++) {
+			TRACE(TR_RANGE_ADD, gaps[k].start, gaps[k].end, 2, 0);
+			PTRACE(REG_INSERT, 0, gaps[k].start, gaps[k].end - gaps[k].start, 2, 0);
+			s->e[s->n++] = (struct range_ent){ .start = gaps[k].start, .end = gaps[k].end, .h = h };
+			added++;
+		}
+		if (s)
+			publish(s);
+		pthread_mutex_unlock(&g_lock);
+	}
+	return added;
+}
+
+/* The managed range of any context that ends nearest below addr (an
+ * in-place growth extends the range just below it).  Inside ebr. */
+bool range_lookup_below(uintptr_t addr, struct range_ent *out)
+{
+	struct range_set *s = atomic_load_explicit(&g_ranges, memory_order_acquire);
+	size_t lo = 0, hi = s ? s->n : 0;
+	while (lo < hi) { /* first entry starting above addr */
+		size_t mid = (lo + hi) / 2;
+		if (s->e[mid].start <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i-- > 0;) {
+		if (s->e[i].end > addr)
+			return false; /* addr is inside it: not growth */
+		if (!s->e[i].pool && !s->e[i].persist) {
+			*out = s->e[i];
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Ask h's service thread to discover growth at addr and wait for it.  The
+ * service thread does it between batches, so the registry it edits has
+ * every event read so far applied.  Safe in the SIGBUS handler: grow_mu is
+ * held only for a few stores, never while touching managed memory.
+ */
+bool range_grow_request(struct uhmm *h, uintptr_t addr)
+{
+	if (!h->service_running)
+		return false;
+	if (pthread_equal(pthread_self(), h->service))
+		return range_discover(h, addr, addr + 1) > 0;
+	uint64_t my = 0;
+	for (int i = 0; i < 100000 && !my; i++) {
+		pthread_mutex_lock(&h->grow_mu);
+		if (h->grow_n < GROW_SLOTS) {
+			h->grow_addr[h->grow_n++] = addr;
+			my = atomic_fetch_add(&h->grow_req, 1) + 1;
+		}
+		pthread_mutex_unlock(&h->grow_mu);
+		if (!my)
+			sched_yield();
+	}
+	if (!my)
+		return false;
+	service_kick(h);
+	for (long i = 0; atomic_load(&h->grow_done) < my && i < 10000000; i++) {
+		if (atomic_load(&h->stopping))
+			return false;
+		sched_yield();
+	}
+	return atomic_load(&h->grow_done) >= my;
+}
+
+/* Service thread: serve the pending requests. */
+void range_grow_serve(struct uhmm *h)
+{
+	if (atomic_load(&h->grow_req) == atomic_load(&h->grow_done))
+		return;
+	uintptr_t a[GROW_SLOTS];
+	pthread_mutex_lock(&h->grow_mu);
+	unsigned n = h->grow_n;
+	memcpy(a, h->grow_addr, n * sizeof(a[0]));
+	h->grow_n = 0;
+	uint64_t req = atomic_load(&h->grow_req);
+	pthread_mutex_unlock(&h->grow_mu);
+	for (unsigned i = 0; i < n; i++) {
+		struct range_ent r;
+		unsigned tok = ebr_enter();
+		bool known = range_lookup(a[i], &r);
+		ebr_exit(tok);
+		if (!known)
+			range_discover(h, a[i], a[i] + 1);
+	}
+	atomic_store(&h->grow_done, req);
+}
+
+/* An API call over [start, end) found part of it unmanaged: perhaps grown
+ * in place (no event).  Discover it; the caller checks coverage again. */
+void range_grow_span(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	for (int i = 0; i < 16; i++) {
+		unsigned tok = ebr_enter();
+		uintptr_t at = start;
+		struct range_ent r;
+		while (at < end && range_lookup(at, &r) && r.h == h)
+			at = r.end;
+		/* Growth extends a range upwards: with none of h's below, do
+		 * not bother the service thread (nor read smaps). */
+		bool below = at < end && range_lookup_below(at, &r) && r.h == h;
+		ebr_exit(tok);
+		if (!below || !range_grow_request(h, at))
+			return;
+		tok = ebr_enter();
+		bool now = range_lookup(at, &r);
+		ebr_exit(tok);
+		if (!now)
+			return;
+	}
+}
+
 /* ---- adopting memory ---- */
 
 static int scan_present(uintptr_t addr, size_t len, struct uhmm *h)
@@ -374,6 +559,12 @@ static bool find_conflict(uintptr_t start, uintptr_t end, struct range_ent *out)
 /* Is the VMA at addr registered with some userfaultfd ("um" in smaps)? */
 int vmas_registered(uintptr_t start, uintptr_t end, struct vma_info *out, int max)
 {
+	return vmas_um(start, end, out, max, true);
+}
+
+/* clip: the parts inside [start, end); else the whole VMAs. */
+static int vmas_um(uintptr_t start, uintptr_t end, struct vma_info *out, int max, bool clip)
+{
 	FILE *f = fopen("/proc/self/smaps", "re");
 	if (!f)
 		return -errno;
@@ -388,7 +579,8 @@ int vmas_registered(uintptr_t start, uintptr_t end, struct vma_info *out, int ma
 			e0 = b;
 			in = s0 < end && e0 > start;
 		} else if (in && !strncmp(line, "VmFlags:", 8) && strstr(line, " um") && n < max) {
-			out[n++] = (struct vma_info){ .start = MAX(s0, start), .end = MIN(e0, end) };
+			out[n++] = clip ? (struct vma_info){ .start = MAX(s0, start), .end = MIN(e0, end) }
+			                : (struct vma_info){ .start = s0, .end = e0 };
 		}
 	}
 	fclose(f);
@@ -573,6 +765,8 @@ UHMM_API int uhmm_range_remove(struct uhmm *h, void *addr, size_t len)
 		return r;
 	uintptr_t a = (uintptr_t)addr, e = a + len;
 	if (!range_covered(h, a, e, false))
+		range_grow_span(h, a, e);
+	if (!range_covered(h, a, e, false))
 		return -ENOENT;
 	TRACE(TR_RANGE_REMOVE, a, e, 0, 0);
 	range_set_dying(h, a, e, true);
@@ -598,6 +792,8 @@ UHMM_API int uhmm_free(struct uhmm *h, void *addr, size_t len)
 	if (r)
 		return r;
 	uintptr_t a = (uintptr_t)addr, e = a + len;
+	if (!range_covered(h, a, e, false))
+		range_grow_span(h, a, e);
 	if (!range_covered(h, a, e, false))
 		return -EINVAL;
 	range_set_dying(h, a, e, true);

@@ -101,6 +101,7 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 	unsigned tok = ebr_enter();
 	int rc;
 	if (!range_lookup_managed(h, addr, &r)) {
+		bool known = range_lookup(addr, &r);
 		ebr_exit(tok);
 		/* Not known: a range an mremap just moved, whose REMAP event is
 		 * still queued behind this fault (faults are read first); or a
@@ -108,6 +109,21 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 		 * until the queue holds no event, then serve it as what it is. */
 		if (!(flags & FAULT_DRAINED))
 			return -ENOENT;
+		/* Or a mapping of ours that mremap grew in place (no event):
+		 * its tail is managed memory, served as such. */
+		if (!known && range_discover(h, addr, addr + 1) > 0) {
+			tok = ebr_enter();
+			if (range_lookup_managed(h, addr, &r)) {
+				rc = fault_resolve(h, &r, addr, flags | FAULT_SERVICE, ptid ? ptid : 1);
+				ebr_exit(tok);
+				if (rc == -EFAULT) {
+					fail_access(h, addr, ptid);
+					return 0;
+				}
+				return rc;
+			}
+			ebr_exit(tok);
+		}
 		size_t done;
 		if (uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done) == -EAGAIN)
 			return -EAGAIN;
@@ -273,6 +289,7 @@ static void *service_main(void *arg)
 		if (n > 0) {
 			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
 				handle(&s, &msgs[i]);
+			range_grow_serve(h);
 			atomic_fetch_sub(&g_svc_busy, 1);
 			atomic_fetch_add(&h->svc_seq, 1);
 			if (s.n)
@@ -287,6 +304,7 @@ static void *service_main(void *arg)
 			gate_open(h);
 			break;
 		}
+		range_grow_serve(h);
 		if (s.n)
 			retry_deferred(&s, true);
 		gate_open(h);

@@ -147,6 +147,16 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		tok = ebr_enter();
 		found = range_lookup(addr, &r);
 	}
+	struct range_ent below;
+	if (!found && range_lookup_below(addr, &below) && below.h->mode == UHMM_FAULT_SIGBUS) {
+		/* Perhaps the tail of a range mremap grew in place (no event
+		 * tells): its service thread adds it if the kernel has it
+		 * registered with that context. */
+		ebr_exit(tok);
+		range_grow_request(below.h, addr);
+		tok = ebr_enter();
+		found = range_lookup(addr, &r);
+	}
 	if (found && r.h->mode == UHMM_FAULT_SIGBUS) {
 		if (r.pool) {
 			/* A device touched a free page of its pool: zeros. */

@@ -142,6 +142,54 @@ static void range_syscall(void **state)
 	t_close(h);
 }
 
+/*
+ * read(2) into managed memory that was never touched.  Where kernel-mode
+ * faults are served (THREAD mode with the privilege) the kernel's own fault
+ * comes to uhmm and is zero-filled.  In SIGBUS mode the kernel fails it with
+ * EFAULT (README, Limits): nothing is written, and a page the CPU touched —
+ * also one that was migrated and brought home — takes the read.
+ */
+static void range_syscall_fresh(void **state)
+{
+	struct uhmm_sysinfo si;
+	memset(&si, 0, sizeof(si));
+	assert_int_equal(uhmm_sysinfo_get(&si), 0);
+	struct uhmm *h = t_open(state);
+	struct uhmm_device *d = t_dummy(h);
+	void *p = t_alloc(h, N);
+	void *src = t_mmap(1);
+	int fds[2];
+
+	fill_buf(src, 0, 1, 8);
+	assert_int_equal(pipe(fds), 0);
+	assert_int_equal(write(fds[1], src, PS()), (ssize_t)PS());
+	ssize_t r = read(fds[0], page_at(p, 1), PS());
+	if (uhmm_fault_mode(h) == UHMM_FAULT_THREAD && (si.caps & UHMM_SYS_KERNEL_FAULTS)) {
+		assert_int_equal(r, (ssize_t)PS());
+		assert_int_equal(memcmp(page_at(p, 1), src, PS()), 0);
+	} else {
+		assert_int_equal(r, -1);
+		assert_int_equal(errno, EFAULT);
+		assert_states(h, p, 1, 1, UHMM_STATE_NONE, NULL);
+		assert_int_equal(check_zero(p, 1, 1), -1);
+	}
+	close(fds[0]);
+	close(fds[1]);
+	assert_int_equal(pipe(fds), 0);
+	/* Touched, migrated and brought home: I/O into it works in any mode. */
+	fill_pages(p, 2, 1, 9);
+	assert_migrate(h, page_at(p, 2), PS(), d, 1, 0);
+	assert_int_equal(uhmm_migrate(h, page_at(p, 2), PS(), NULL, NULL), 0);
+	assert_states(h, p, 2, 1, UHMM_STATE_SYSTEM, NULL);
+	assert_int_equal(write(fds[1], src, PS()), (ssize_t)PS());
+	assert_int_equal(read(fds[0], page_at(p, 2), PS()), (ssize_t)PS());
+	assert_int_equal(memcmp(page_at(p, 2), src, PS()), 0);
+	close(fds[0]);
+	close(fds[1]);
+	munmap(src, PS());
+	t_close(h);
+}
+
 /* A huge sparse range costs nothing until touched; metadata stays sparse. */
 static void range_sparse(void **state)
 {
@@ -200,6 +248,7 @@ int main(void)
 		TEST_BOTH(range_remove_partial),
 		TEST_BOTH(range_free_device),
 		TEST_BOTH(range_syscall),
+		TEST_BOTH(range_syscall_fresh),
 		TEST_BOTH(range_sparse),
 		TEST_BOTH(range_unmap_reuse),
 	};

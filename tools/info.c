@@ -198,8 +198,9 @@ static void print_kernel_faults(const struct proc_facts *p, const struct uhmm_sy
 		         n ? "; " : "");
 	row(1, "kernel-mode faults", "NOT served (user-mode faults only)");
 	row_wrapped(1, "why", why[0] ? why : "unknown (the kernel refused full access)");
-	row_wrapped(1, "so", "a system call that touches a device-resident page fails with "
-	            "EFAULT; bring buffers home before I/O with");
+	row_wrapped(1, "so", "a system call that touches a device-resident or never-touched "
+	            "managed page (read(2), recv(2), ... into a fresh buffer) fails with "
+	            "EFAULT; touch fresh buffers first, bring device-resident ones home with");
 	printf("%*suhmm_migrate(h, p, len, NULL, NULL)\n", KEYW, "");
 	row_wrapped(1, "to enable", "run as root, or grant access to /dev/userfaultfd "
 	            "(e.g. setfacl -m u:$USER:rw /dev/userfaultfd), or "
@@ -343,13 +344,17 @@ int cmd_info(int argc, char **argv)
 		printf("  A service thread serves faults, so system calls such as read(2) into\n"
 		       "  device-resident memory keep working.  UHMM_FAULT_MODE=sigbus gives\n"
 		       "  faster faults (resolved in the faulting thread, no cross-thread\n"
-		       "  wake-up), but such system calls then fail with EFAULT.\n");
+		       "  wake-up), but such system calls then fail with EFAULT, and so do\n"
+		       "  system calls into managed pages never touched (read(2) into a fresh\n"
+		       "  uhmm_alloc or adopted buffer): touch a buffer before I/O there.\n");
 	} else {
 		row(0, "fault mode", "AUTO picks %s", mode_name(si.auto_mode));
 		printf("  Faults are resolved in the faulting thread's SIGBUS handler (fast, no\n"
 		       "  cross-thread wake-up).  Kernel-mode faults cannot be served here, so\n"
 		       "  system calls such as read(2) into device-resident memory fail with\n"
-		       "  EFAULT in either mode.\n");
+		       "  EFAULT in either mode, and so do system calls into managed pages\n"
+		       "  never touched (read(2) into a fresh uhmm_alloc or adopted buffer,\n"
+		       "  recv(2), readv(2), ...): touch a buffer before handing it to the kernel.\n");
 	}
 	env = getenv("UHMM_FAULT_MODE");
 	if (works && env && (strcasecmp(env, "thread") == 0 || strcasecmp(env, "sigbus") == 0))
