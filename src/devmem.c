@@ -15,7 +15,27 @@
  * still there (discarded, poisoned) is pushed on the block's dirty stack
  * and emptied by the next allocator, on an application thread, because
  * the madvise that empties it raises a REMOVE event that only the service
- * thread can read.
+ * thread can read.  An unregistered pool (no MOVE) raises no event: its
+ * slots are emptied as their pages leave, so a free slot holds no memory.
+ *
+ * Lifetimes (who owns what, and what keeps it alive):
+ *  - A block belongs to its device's list (d->mems, under d->lock) and is
+ *    freed only by devmem_destroy, from uhmm_devmem_remove or
+ *    uhmm_device_destroy, after all three of:
+ *    (a) it is marked dead under d->lock.  Allocators hold d->lock from
+ *        choosing a block until the pages they took are counted in
+ *        `used`, so afterwards every allocation from it is counted or will
+ *        never happen.  A dying device (d->dying) does not grow either;
+ *    (b) `used` is 0.  `used` counts descriptors that hold a reference
+ *        *and* releases still running: release() lowers it as its very
+ *        last access to the block or its device (page_free, the memory
+ *        file's punch-hole, the dirty stack, the bitmap all come first);
+ *    (c) ebr_synchronize(): lock-free readers that found a descriptor
+ *        through a page entry (queries, invalidations) have left.
+ *  - So the device, which is freed after its blocks, outlives every
+ *    page_free, and a block's fd is closed after its last punch-hole.
+ *  - A descriptor's reference is held by the page entry that names it (or
+ *    by the migration that allocated it, until it publishes the entry).
  */
 #include "internal.h"
 

@@ -90,7 +90,7 @@ void trace_rec(unsigned kind, uintptr_t pc, uintptr_t a, uintptr_t b, uint64_t x
  * Delay points (delay.c, UHMM_DEBUG_DELAY=name:us,...): hold a thread at a
  * named point so a test can force an interleaving.  Off: one load.
  * ---------------------------------------------------------------------- */
-enum { DELAY_RELEASE, DELAY_ALLOC, DELAY_CLOSE, DELAY__COUNT };
+enum { DELAY_RELEASE, DELAY_ALLOC, DELAY__COUNT };
 extern _Atomic unsigned g_delay_on;
 void delay_init(void);
 void delay_at_(unsigned point);
