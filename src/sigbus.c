@@ -151,10 +151,10 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	if (!found && range_lookup_below(addr, &below) && below.h->mode == UHMM_FAULT_SIGBUS) {
 		/* Perhaps the tail of a range mremap grew in place (no event
 		 * tells): its service thread adds it if the kernel has it
-		 * registered with that context. */
-		ebr_exit(tok);
+		 * registered with that context.  Still inside the EBR section
+		 * that found below.h: uhmm_close waits for it (ebr_synchronize)
+		 * before it stops that service thread and frees the context. */
 		range_grow_request(below.h, addr);
-		tok = ebr_enter();
 		found = range_lookup(addr, &r);
 	}
 	if (found && r.h->mode == UHMM_FAULT_SIGBUS) {
