@@ -8,6 +8,8 @@ command -v ninja >/dev/null 2>&1 || pkgs="$pkgs ninja-build"
 command -v pkg-config >/dev/null 2>&1 || pkgs="$pkgs pkg-config"
 command -v cc >/dev/null 2>&1 || pkgs="$pkgs gcc"
 command -v clang >/dev/null 2>&1 || pkgs="$pkgs clang"
+# Test dependency: the man-lint test (skipped without it).
+command -v mandoc >/dev/null 2>&1 || pkgs="$pkgs mandoc"
 if ! pkg-config --exists cmocka 2>/dev/null && [ ! -f /usr/include/cmocka.h ]; then
 	pkgs="$pkgs libcmocka-dev"
 fi

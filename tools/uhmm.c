@@ -36,7 +36,7 @@ static const struct cli_cmd commands[] = {
 	  "(kernel-mode faults served too, or user-mode only, and why), each\n"
 	  "userfaultfd feature uhmm uses, and the fault mode AUTO would pick.\n"
 	  "Exits 0 if userfaultfd works, 1 otherwise.\n" },
-	{ "demo", cmd_demo, "[--size S] [--mode auto|thread|sigbus]",
+	{ "demo", cmd_demo, "[--size S] [--mode auto|thread|sigbus] [--type private|coherent|persistent]",
 	  "migrate memory to a dummy device and back, verify every byte",
 	  "Allocate S bytes of managed memory (default 256M), fill them with a\n"
 	  "per-page pattern, migrate them to a dummy device, let the device\n"
@@ -49,8 +49,12 @@ static const struct cli_cmd commands[] = {
 	  "  -s, --size S   bytes to use: a number with an optional K/M/G/T suffix\n"
 	  "                 (powers of 1024); rounded up to whole pages\n"
 	  "  -m, --mode M   fault mode: auto (default: UHMM_FAULT_MODE, else the\n"
-	  "                 best mode that works here), thread or sigbus\n" },
-	{ "bench", cmd_bench, "[CASE...] [--cuda] [--size S] [--threads N] [--reps R] [--json FILE] [--quick]",
+	  "                 best mode that works here), thread or sigbus\n"
+	  "  -t, --type T   device memory: private (default: the round trip above),\n"
+	  "                 coherent (the CPU works in place, 0 faults) or persistent\n"
+	  "                 (mapped, never migrated, kept across contexts in a file);\n"
+	  "                 see docs/USAGE.md\n" },
+	{ "bench", cmd_bench, "[CASE...] [--cuda] [--size S] [--threads N] [--reps R] [--json FILE] [--quick] [--list]",
 	  "measure fault and migration costs against same-run baselines",
 	  "Run each benchmark case and, in the same run, its baseline (memcpy or\n"
 	  "the kernel's own first-touch fault); print the median of R repetitions\n"
@@ -100,9 +104,10 @@ static void print_overview(FILE *f)
 		fprintf(f, "  %-6s %s\n", commands[i].name, commands[i].summary);
 	fprintf(f,
 	        "\n"
-	        "Run 'uhmm help COMMAND' or 'uhmm COMMAND --help' for details.\n"
-	        "Environment: UHMM_FAULT_MODE, UHMM_FAULT_AROUND, UHMM_NO_MOVE, UHMM_SPIN_US\n"
-	        "(see README.md).\n");
+	        "Run 'uhmm help COMMAND' or 'uhmm COMMAND --help' for details,\n"
+	        "'uhmm --version' for the version.\n"
+	        "Environment: UHMM_FAULT_MODE, UHMM_FAULT_AROUND, UHMM_NO_MOVE, UHMM_SPIN_US,\n"
+	        "UHMM_FAULT_AHEAD, UHMM_CUDA_LIBRARY (see README.md and uhmm(1)).\n");
 }
 
 void cli_help(FILE *f, const char *cmd)
