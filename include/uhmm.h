@@ -428,7 +428,7 @@ struct uhmm_sysinfo {
 int uhmm_sysinfo_get(struct uhmm_sysinfo *out);
 
 /* ------------------------------------------------------------------------
- * Mirroring (DESIGN.md §6): a device's view of the address space.
+ * Mirroring (docs/MIRROR.md): a device's view of the address space.
  * ---------------------------------------------------------------------- */
 
 enum uhmm_event {
@@ -575,8 +575,8 @@ int uhmm_dummy_write(struct uhmm_device *d, void *addr, const void *buf, size_t 
 #define UHMM_SNAP_ERROR               0xFF
 
 /*
- * Classify each page (see API.md): a page private to another device is
- * reported DEV_PRIVATE_REMOTE.  Never migrates or populates.
+ * Classify each page into one UHMM_SNAP_* byte: a page private to another
+ * device is reported DEV_PRIVATE_REMOTE.  Never migrates or populates.
  * Fails: -EINVAL bad arguments or d not a dummy device.
  */
 int uhmm_dummy_snapshot(struct uhmm_device *d, const void *addr, size_t npages, uint8_t *out);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The flag table of DESIGN.md §5, row by row, on the three kinds of device:
+ * The flag table of the README (Device memory types), row by row, on the three kinds of device:
  * the dummy device (uhmm_dummy_options.devmem_flags), a custom HOST_BACKED
  * device (uhmm_devmem_add) and a custom copy device (not host-backed: only
  * private memory, the addressable classes are -EOPNOTSUPP).  For every

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Shared helpers of the device-memory-type tests (DESIGN.md §5):
+ * Shared helpers of the device-memory-type tests (README, "Device memory types"):
  * dummy devices of each class, a bare host-backed device, a signal catcher
  * for in-place accesses that must fault (SIGSEGV on read-only memory,
  * SIGBUS on lost device memory), and bounded waits for effects that an
