@@ -223,7 +223,10 @@ int uhmm_device_create(struct uhmm *h, const char *name, const struct uhmm_devic
 
 /*
  * Evacuate every page the device holds to system memory, remove its device
- * memory, unregister its mirror and free it.  Fails: -EINVAL d == NULL;
+ * memory, unregister its mirror and free it.  Other threads may go on
+ * faulting and migrating the device's pages home meanwhile (destruction
+ * waits for them), but no call may name d (uhmm_migrate to it, its
+ * backend's calls) during or after this one.  Fails: -EINVAL d == NULL;
  * -EBUSY a page could not be brought back (nothing is removed then).
  */
 int uhmm_device_destroy(struct uhmm_device *d);

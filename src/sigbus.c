@@ -270,13 +270,14 @@ static int sigbus_pending_anywhere(void)
  * pending in a thread that was preempted on its way back to user mode: it
  * is delivered to whatever handler is installed then, so the previous
  * handler (which would take it for a crash) goes back only once no thread
- * has a SIGBUS pending, seen twice 1 ms apart (for at most a second).  A
+ * has a SIGBUS pending, seen twice 1 ms apart (for at most 10 s: a thread
+ * can wait that long for a CPU on a loaded machine, as under TSan).  A
  * SIGBUS that was the application's own and pending meanwhile is delivered
  * to ours, which passes it on.
  */
 static void wait_stale_sigbus(void)
 {
-	for (int clean = 0, i = 0; clean < 2 && i < 1000; i++) {
+	for (int clean = 0, i = 0; clean < 2 && i < 10000; i++) {
 		int r = sigbus_pending_anywhere();
 		if (r < 0)
 			return;

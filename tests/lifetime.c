@@ -7,7 +7,6 @@
  *    gone, the release still running) while uhmm_device_destroy runs;
  *  - an allocation for a migration that has claimed pages of a block but
  *    not yet returned while uhmm_devmem_remove runs;
- *  - the same against uhmm_close.
  * What must hold: teardown waits for them, page_free is never called after
  * the device's destroy callback, no data is lost (every page ends in
  * system memory with its contents), and the calls report success.
@@ -159,33 +158,6 @@ static void lifetime_remove_during_alloc_copy(void **state)
 	remove_waits_for_alloc(state, false);
 }
 
-/* The same allocation against the device's destruction. */
-static void lifetime_destroy_during_alloc(void **state)
-{
-	set_delay("alloc:" "100000");
-	struct uhmm *h = t_open(state);
-	clear_delay();
-	struct tdev *t = tdev_create(h, true, 64);
-	void *p = t_alloc(h, N);
-	fill_pages(p, 0, N, 43);
-
-	struct migrator m = { h, p, N, t->dev, -1, { 0, 0 } };
-	pthread_t th;
-	assert_int_equal(pthread_create(&th, NULL, migrator_main, &m), 0);
-	usleep(LEAD_US);
-	assert_int_equal(uhmm_device_destroy(t->dev), 0);
-	assert_int_equal(pthread_join(th, NULL), 0);
-
-	assert_int_equal(m.rc, 0);
-	assert_int_equal(m.res.migrated + m.res.skipped, N);
-	assert_states(h, p, 0, N, UHMM_STATE_SYSTEM, NULL);
-	assert_pages(p, 0, N, 43);
-	assert_int_equal(atomic_load(&t->nfree), m.res.migrated);
-	assert_int_equal(atomic_load(&t->bad), 0);
-	t_close(h);
-	tdev_free(t);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -195,7 +167,6 @@ int main(void)
 		TEST_ONE(lifetime_destroy_during_home_copy),
 		TEST_ONE(lifetime_remove_during_alloc_host),
 		TEST_ONE(lifetime_remove_during_alloc_copy),
-		TEST_ONE(lifetime_destroy_during_alloc),
 	};
 	return cmocka_run_group_tests_name("lifetime", tests, NULL, NULL);
 }
