@@ -441,6 +441,12 @@ int uhmm_stats_get(struct uhmm *h, struct uhmm_stats *out);
 #define UHMM_SYS_THREAD_ID     (1u << 9)
 #define UHMM_SYS_ZEROPAGE      (1u << 10)
 
+/*
+ * Caller-allocated, filled whole by uhmm_sysinfo_get.  ABI: `reason` was
+ * added at the end in 0.1, which changed sizeof(struct uhmm_sysinfo); a
+ * binary built against a header without it passes a smaller struct and
+ * must be rebuilt (how such structs evolve without that is separate work).
+ */
 struct uhmm_sysinfo {
 	unsigned caps;              /* UHMM_SYS_* */
 	uint64_t uffd_features;     /* raw UFFDIO_API features */
@@ -449,8 +455,19 @@ struct uhmm_sysinfo {
 	int unprivileged_sysctl;    /* vm.unprivileged_userfaultfd, -1 if unreadable */
 	char kernel[65];            /* uname release */
 	char how[96];               /* how userfaultfd was opened, in words */
+	char reason[256];           /* one sentence, never empty, NUL-terminated: why
+	                               userfaultfd cannot be opened here (what
+	                               uhmm_open's -EPERM / -ENOSYS means), else why
+	                               AUTO picks the mode it picks (whether faults
+	                               inside system calls can be served) */
 };
 
+/*
+ * Probe this machine without a context.  Returns 0 also when userfaultfd
+ * does not work (caps lacks UHMM_SYS_UFFD; uffd_errno and reason say why),
+ * so a program whose uhmm_open failed can report the reason in one call.
+ * -EINVAL out == NULL.
+ */
 int uhmm_sysinfo_get(struct uhmm_sysinfo *out);
 
 /* ------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 /*
  * `uhmm info`: what this kernel and this process offer uhmm.
  *
- * The library probes userfaultfd (uhmm_sysinfo_get); this file adds the
- * process-side facts that explain the result (credentials, /dev/userfaultfd
- * permissions, seccomp) and turns them into advice.
+ * The library probes userfaultfd and says why in words (uhmm_sysinfo_get's
+ * reason: one source, so applications report what this prints); this file
+ * adds the process-side facts behind it (credentials, /dev/userfaultfd
+ * permissions, seccomp) and advice.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -160,44 +161,17 @@ static void print_privileges(const struct proc_facts *p, const struct uhmm_sysin
 	    p->seccomp == 2 ? "filter active" : "unknown");
 }
 
-/* Why faults taken inside system calls can (or cannot) be served. */
-static void print_kernel_faults(const struct proc_facts *p, const struct uhmm_sysinfo *si)
+/* Whether faults taken inside system calls are served, and why: the
+ * library's reason (uhmm_sysinfo_get), so programs report the same words. */
+static void print_kernel_faults(const struct uhmm_sysinfo *si)
 {
-	char why[160];
-	size_t n = 0;
-
 	if (si->caps & UHMM_SYS_KERNEL_FAULTS) {
-		const char *how;
-
-		if (si->caps & UHMM_SYS_DEV_UFFD)
-			how = "this process can open /dev/userfaultfd";
-		else if (p->cap_sys_ptrace == 1)
-			how = p->euid == 0 ? "this process is root (CAP_SYS_PTRACE)"
-			                   : "this process has CAP_SYS_PTRACE";
-		else if (si->unprivileged_sysctl == 1)
-			how = "vm.unprivileged_userfaultfd=1";
-		else
-			how = "the kernel allows it";
-		snprintf(why, sizeof(why), "served: %s; read(2)/write(2) into device-resident "
-		         "memory work in thread mode", how);
-		row_wrapped(1, "kernel-mode faults", why);
+		row(1, "kernel-mode faults", "served");
+		row_wrapped(1, "why", si->reason);
 		return;
 	}
-	why[0] = '\0';
-	if (p->euid != 0 && p->cap_sys_ptrace != 1)
-		n += (size_t)snprintf(why + n, sizeof(why) - n, "%snot root, no CAP_SYS_PTRACE",
-		                      n ? "; " : "");
-	if (n < sizeof(why) && !p->dev_exists)
-		n += (size_t)snprintf(why + n, sizeof(why) - n, "%sno /dev/userfaultfd",
-		                      n ? "; " : "");
-	else if (n < sizeof(why) && !p->dev_access)
-		n += (size_t)snprintf(why + n, sizeof(why) - n, "%sno access to /dev/userfaultfd",
-		                      n ? "; " : "");
-	if (n < sizeof(why) && si->unprivileged_sysctl == 0)
-		snprintf(why + n, sizeof(why) - n, "%svm.unprivileged_userfaultfd=0",
-		         n ? "; " : "");
 	row(1, "kernel-mode faults", "NOT served (user-mode faults only)");
-	row_wrapped(1, "why", why[0] ? why : "unknown (the kernel refused full access)");
+	row_wrapped(1, "why", si->reason);
 	row_wrapped(1, "so", "a system call that touches a device-resident or never-touched "
 	            "managed page (read(2), recv(2), ... into a fresh buffer) fails with "
 	            "EFAULT; touch fresh buffers first, bring device-resident ones home with");
@@ -207,34 +181,13 @@ static void print_kernel_faults(const struct proc_facts *p, const struct uhmm_sy
 	            "sysctl -w vm.unprivileged_userfaultfd=1");
 }
 
-/* userfaultfd does not work at all: explain the errno. */
-static void print_failure(const struct proc_facts *p, const struct uhmm_sysinfo *si)
+/* userfaultfd does not work at all: the errno and the library's reason. */
+static void print_failure(const struct uhmm_sysinfo *si)
 {
 	int e = si->uffd_errno;
-	const char *cause = "unknown";
 
 	row(1, "error", "%s (errno %d)", e ? strerror(e) : "unknown", e);
-	if (p->seccomp == 2 && (e == EPERM || e == ENOSYS || e == EACCES))
-		cause = "a seccomp filter blocks userfaultfd(2), as Docker's default profile "
-		        "does: run the container with a profile that allows userfaultfd "
-		        "(or --security-opt seccomp=unconfined)";
-	else if (e == ENOSYS)
-		cause = "the kernel has no userfaultfd (CONFIG_USERFAULTFD off) or a sandbox "
-		        "hides the system call";
-	else if ((e == EPERM || e == EACCES) && !kernel_at_least(p, 5, 11))
-		cause = "this kernel (< 5.11) has no user-mode-only userfaultfd and "
-		        "vm.unprivileged_userfaultfd=0: run as root or set it to 1";
-	else if (e == EPERM || e == EACCES)
-		cause = "denied by a security module (SELinux, AppArmor) or by a seccomp "
-		        "filter of a container or sandbox";
-	else if (e == EINVAL)
-		cause = "the UFFDIO_API handshake failed: the kernel is too old for uhmm "
-		        "(Linux 5.11 or later is needed)";
-	else if (e == EMFILE || e == ENFILE)
-		cause = "out of file descriptors";
-	else if (e == ENOMEM)
-		cause = "out of memory";
-	row_wrapped(1, "likely cause", cause);
+	row_wrapped(1, "reason", si->reason);
 }
 
 struct feature {
@@ -302,6 +255,7 @@ int cmd_info(int argc, char **argv)
 	}
 	si.kernel[sizeof(si.kernel) - 1] = '\0';
 	si.how[sizeof(si.how) - 1] = '\0';
+	si.reason[sizeof(si.reason) - 1] = '\0';
 	gather(&p, &si);
 	works = !!(si.caps & UHMM_SYS_UFFD);
 
@@ -320,9 +274,9 @@ int cmd_info(int argc, char **argv)
 		row_wrapped(1, "opened", si.how);
 	print_privileges(&p, &si);
 	if (works)
-		print_kernel_faults(&p, &si);
+		print_kernel_faults(&si);
 	else
-		print_failure(&p, &si);
+		print_failure(&si);
 
 	putchar('\n');
 	row(0, "features", "raw UFFDIO_API mask 0x%" PRIx64 "%s", si.uffd_features,
