@@ -193,21 +193,173 @@ static void print_failure(const struct uhmm_sysinfo *si)
 struct feature {
 	unsigned cap;
 	const char *name;
+	const char *key; /* --json */
 	const char *use;
 };
 
 static const struct feature features[] = {
-	{ UHMM_SYS_MOVE, "UFFDIO_MOVE",
+	{ UHMM_SYS_MOVE, "UFFDIO_MOVE", "move",
 	  "zero-copy migration (else copy + unmap)" },
-	{ UHMM_SYS_SIGBUS, "SIGBUS", "sigbus fault mode" },
-	{ UHMM_SYS_POISON, "POISON", "poisoned pages after device loss" },
-	{ UHMM_SYS_WP, "WP", "write-protect anonymous memory" },
-	{ UHMM_SYS_EVENTS, "events UNMAP/REMOVE/REMAP",
+	{ UHMM_SYS_SIGBUS, "SIGBUS", "sigbus", "sigbus fault mode" },
+	{ UHMM_SYS_POISON, "POISON", "poison", "poisoned pages after device loss" },
+	{ UHMM_SYS_WP, "WP", "wp", "write-protect anonymous memory" },
+	{ UHMM_SYS_EVENTS, "events UNMAP/REMOVE/REMAP", "events",
 	  "munmap/madvise/mremap invalidate mirrors" },
-	{ UHMM_SYS_EVENT_FORK, "EVENT_FORK", "fork notification" },
-	{ UHMM_SYS_THREAD_ID, "THREAD_ID", "faulting thread id in messages" },
-	{ UHMM_SYS_ZEROPAGE, "ZEROPAGE", "zero page on read faults" },
+	{ UHMM_SYS_EVENT_FORK, "EVENT_FORK", "event_fork", "fork notification" },
+	{ UHMM_SYS_THREAD_ID, "THREAD_ID", "thread_id", "faulting thread id in messages" },
+	{ UHMM_SYS_ZEROPAGE, "ZEROPAGE", "zeropage", "zero page on read faults" },
 };
+
+/* ---- --json: the same facts as one JSON object ---- */
+
+/* A JSON string: quotes, backslashes and control bytes escaped (other
+ * bytes pass through: the kernel and driver strings are ASCII). */
+static void json_str(const char *v)
+{
+	putchar('"');
+	for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+		if (*c == '"' || *c == '\\')
+			printf("\\%c", *c);
+		else if (*c == '\n')
+			fputs("\\n", stdout);
+		else if (*c == '\t')
+			fputs("\\t", stdout);
+		else if (*c < 0x20 || *c == 0x7f)
+			printf("\\u%04x", *c);
+		else
+			putchar(*c);
+	}
+	putchar('"');
+}
+
+/* "key": then a value; first says whether a comma goes before. */
+static void json_key(int *first, const char *key)
+{
+	printf("%s\"%s\": ", *first ? "" : ", ", key);
+	*first = 0;
+}
+
+static void json_bool3(int v) /* 1, 0, or -1 unknown (null) */
+{
+	fputs(v < 0 ? "null" : v ? "true" : "false", stdout);
+}
+
+static void json_str_or_null(const char *v)
+{
+	if (v)
+		json_str(v);
+	else
+		fputs("null", stdout);
+}
+
+static void print_json(const struct proc_facts *p, const struct uhmm_sysinfo *si, int works)
+{
+	char buf[64];
+	const char *env;
+	int f = 1, g;
+
+	putchar('{');
+	json_key(&f, "version");
+	snprintf(buf, sizeof(buf), "%d.%d.%d", UHMM_VERSION_MAJOR, UHMM_VERSION_MINOR,
+	         UHMM_VERSION_PATCH);
+	json_str(buf);
+	json_key(&f, "kernel");
+	json_str(si->kernel);
+	json_key(&f, "page_size");
+	printf("%ld", sysconf(_SC_PAGESIZE));
+
+	json_key(&f, "userfaultfd");
+	g = 1;
+	putchar('{');
+	json_key(&g, "works");
+	json_bool3(works);
+	json_key(&g, "errno");
+	printf("%d", si->uffd_errno);
+	json_key(&g, "error");
+	json_str_or_null(si->uffd_errno ? strerror(si->uffd_errno) : NULL);
+	json_key(&g, "how");
+	json_str(si->how);
+	json_key(&g, "kernel_mode_faults");
+	json_bool3(!!(si->caps & UHMM_SYS_KERNEL_FAULTS));
+	json_key(&g, "via_dev_userfaultfd");
+	json_bool3(!!(si->caps & UHMM_SYS_DEV_UFFD));
+	json_key(&g, "reason");
+	json_str(si->reason);
+	putchar('}');
+
+	json_key(&f, "privileges");
+	g = 1;
+	putchar('{');
+	json_key(&g, "euid");
+	printf("%u", (unsigned)p->euid);
+	json_key(&g, "cap_sys_ptrace");
+	json_bool3(p->cap_sys_ptrace);
+	json_key(&g, "dev_userfaultfd");
+	if (p->dev_exists)
+		printf("{\"present\": true, \"mode\": \"%04o\", \"access\": %s}",
+		       (unsigned)p->dev_mode, p->dev_access ? "true" : "false");
+	else
+		fputs("{\"present\": false}", stdout);
+	json_key(&g, "unprivileged_userfaultfd");
+	if (si->unprivileged_sysctl >= 0)
+		printf("%d", si->unprivileged_sysctl);
+	else
+		fputs("null", stdout);
+	json_key(&g, "seccomp");
+	json_str(p->seccomp == 0 ? "none" : p->seccomp == 1 ? "strict" :
+	         p->seccomp == 2 ? "filter" : "unknown");
+	putchar('}');
+
+	json_key(&f, "features");
+	g = 1;
+	putchar('{');
+	json_key(&g, "mask");
+	snprintf(buf, sizeof(buf), "0x%" PRIx64, si->uffd_features);
+	json_str(buf);
+	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
+		json_key(&g, features[i].key);
+		json_bool3(works ? !!(si->caps & features[i].cap) : -1); /* null: not probed */
+	}
+	putchar('}');
+
+	json_key(&f, "auto_mode");
+	json_str_or_null(works ? mode_name(si->auto_mode) : NULL);
+	env = getenv("UHMM_FAULT_MODE");
+	json_key(&f, "env_fault_mode");
+	json_str_or_null(env && (strcasecmp(env, "thread") == 0 || strcasecmp(env, "sigbus") == 0)
+	                         ? env : NULL);
+	env = getenv("UHMM_NO_MOVE");
+	json_key(&f, "env_no_move");
+	json_bool3(env && env[0] && env_true(env));
+
+	struct uhmm_cuda_info ci;
+	int rc = uhmm_cuda_available(&ci);
+	json_key(&f, "cuda");
+	g = 1;
+	putchar('{');
+	json_key(&g, "available");
+	json_bool3(rc == 0);
+	json_key(&g, "library");
+	json_str(ci.library);
+	json_key(&g, "reason");
+	json_str(ci.reason);
+	if (rc == 0) {
+		json_key(&g, "driver_version");
+		printf("%d", ci.driver_version);
+		json_key(&g, "gpus");
+		putchar('[');
+		for (int i = 0; i < ci.device_count && i < UHMM_CUDA_MAX_DEVICES; i++) {
+			printf("%s{\"name\": ", i ? ", " : "");
+			json_str(ci.dev[i].name);
+			printf(", \"total_mem\": %" PRIu64 ", \"compute\": \"%d.%d\", \"vmm\": %s}",
+			       ci.dev[i].total_mem, ci.dev[i].cc_major, ci.dev[i].cc_minor,
+			       ci.dev[i].vmm ? "true" : "false");
+		}
+		putchar(']');
+	}
+	putchar('}');
+	puts("}");
+}
 
 /* CUDA: is a driver there, and which GPUs (does not create a device). */
 static void print_cuda(void)
@@ -244,8 +396,9 @@ int cmd_info(int argc, char **argv)
 		cli_help(stdout, "info");
 		return CLI_EXIT_OK;
 	}
-	if (argc > 1)
-		return cli_usage_error("info", "unexpected argument '%s'", argv[1]);
+	int json = argc == 2 && strcmp(argv[1], "--json") == 0;
+	if (argc > 1 + json)
+		return cli_usage_error("info", "unexpected argument '%s'", argv[1 + json]);
 
 	memset(&si, 0, sizeof(si));
 	rc = uhmm_sysinfo_get(&si);
@@ -258,6 +411,10 @@ int cmd_info(int argc, char **argv)
 	si.reason[sizeof(si.reason) - 1] = '\0';
 	gather(&p, &si);
 	works = !!(si.caps & UHMM_SYS_UFFD);
+	if (json) {
+		print_json(&p, &si, works);
+		return works ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+	}
 
 	printf("uhmm %d.%d.%d\n\n", UHMM_VERSION_MAJOR, UHMM_VERSION_MINOR, UHMM_VERSION_PATCH);
 	row(0, "kernel", "Linux %s", si.kernel[0] ? si.kernel : "(unknown)");
