@@ -396,7 +396,7 @@ int cmd_info(int argc, char **argv)
 		cli_help(stdout, "info");
 		return CLI_EXIT_OK;
 	}
-	int json = argc == 2 && strcmp(argv[1], "--json") == 0;
+	int json = argc >= 2 && strcmp(argv[1], "--json") == 0;
 	if (argc > 1 + json)
 		return cli_usage_error("info", "unexpected argument '%s'", argv[1 + json]);
 
