@@ -90,7 +90,13 @@ struct uhmm_options {
  * Create a context: a userfaultfd, its service thread and an empty set of
  * managed ranges.  opts may be NULL (defaults, overridden by UHMM_* env).
  * Fails: -EINVAL bad options or out == NULL; -ENOSYS / -EPERM userfaultfd is
- * not available here (see `uhmm info`); -ENOMEM.
+ * not available here (uhmm_sysinfo_get's reason says why, as `uhmm info`
+ * does); -EOPNOTSUPP the system page size is not the one uhmm was built
+ * for, or SIGBUS mode asked for where the kernel lacks UFFD_FEATURE_SIGBUS;
+ * -EAGAIN the service thread or a fault-ahead worker could not be started;
+ * -EMFILE / -ENFILE out of file descriptors;
+ * -ENOMEM; another negative errno of the UFFDIO_API handshake (-EINVAL on
+ * a kernel too old for uhmm).
  */
 int uhmm_open(const struct uhmm_options *opts, struct uhmm **out);
 
@@ -106,11 +112,14 @@ int uhmm_open(const struct uhmm_options *opts, struct uhmm **out);
  * handler that was installed before uhmm_open, once no thread has a SIGBUS
  * of uhmm's still pending.  Fails: -EINVAL h == NULL; -ECHILD in a forked
  * child; -EBUSY a device-resident page could not come home (the context
- * stays open and usable; devices destroyed before that one stay destroyed).
+ * stays open and usable; devices destroyed before that one stay destroyed);
+ * -ENOMEM listing the ranges or bringing their pages home ran out of
+ * memory (the context stays open, as for -EBUSY).
  */
 int uhmm_close(struct uhmm *h);
 
-/* The fault mode this context actually uses (never AUTO). */
+/* The fault mode context h actually uses: THREAD or SIGBUS, never AUTO;
+ * AUTO only when h is NULL (there is no context to ask). */
 enum uhmm_fault_mode uhmm_fault_mode(const struct uhmm *h);
 
 /* ------------------------------------------------------------------------
@@ -120,7 +129,11 @@ enum uhmm_fault_mode uhmm_fault_mode(const struct uhmm *h);
 /*
  * Map len bytes of read/write managed memory (like mmap MAP_PRIVATE |
  * MAP_ANONYMOUS | MAP_NORESERVE: nothing is committed until touched).
- * Fails: -EINVAL bad length or NULL out; -ENOMEM.
+ * Fails: -EINVAL bad length or NULL out, or the kernel refused to register
+ * the new mapping with userfaultfd (UFFDIO_REGISTER); -EEXIST uhmm's
+ * registry still holds a stale range where the kernel placed the mapping
+ * (memory unmapped outside uhmm whose unmap event is not yet handled);
+ * -ENOMEM.
  */
 int uhmm_alloc(struct uhmm *h, size_t len, void **out);
 
@@ -138,7 +151,8 @@ int uhmm_free(struct uhmm *h, void *addr, size_t len);
  * too; shrunk, the cut part is no longer managed.
  * Fails: -EINVAL bad arguments, or the memory is not mapped, not private
  * anonymous (shared, file-backed) — see errno of UFFDIO_REGISTER;
- * -EEXIST overlaps a range managed by any context.
+ * -EEXIST overlaps a range managed by any context; -E2BIG the interval
+ * spans more than 64 mappings (VMAs: add it in parts); -ENOMEM.
  */
 int uhmm_range_add(struct uhmm *h, void *addr, size_t len);
 
@@ -146,7 +160,10 @@ int uhmm_range_add(struct uhmm *h, void *addr, size_t len);
  * Bring every page of [addr, addr+len) back to system memory and stop
  * managing it; the memory stays mapped with its contents.  The interval may
  * be part of a managed range (the rest stays managed).
- * Fails: -EINVAL bad arguments; -ENOENT not entirely managed by h.
+ * Fails: -EINVAL bad arguments; -ENOENT not entirely managed by h; -EBUSY
+ * a device-resident page could not come home, or -ENOMEM out of memory
+ * bringing pages home (the interval then stays managed; pages that came
+ * home stay in system memory).
  */
 int uhmm_range_remove(struct uhmm *h, void *addr, size_t len);
 
@@ -216,7 +233,8 @@ struct uhmm_device_ops {
  * Register a device backend with context h.  ops is copied.  name is
  * copied (at most 31 bytes kept).  Fails: -EINVAL NULL arguments, unknown
  * flags, missing copy ops on a device that is not HOST_BACKED, or only one
- * of dma_buf_get / dma_buf_put; -ENOMEM.
+ * of dma_buf_get / dma_buf_put; -ENOSPC h already has 32 devices (destroy
+ * one first); -ENOMEM.
  */
 int uhmm_device_create(struct uhmm *h, const char *name, const struct uhmm_device_ops *ops,
                        unsigned flags, void *priv, struct uhmm_device **out);
@@ -255,11 +273,15 @@ struct uhmm *uhmm_device_context(const struct uhmm_device *d);
  *      them.  HOST_BACKED devices only.
  *
  * Memory is backed by an anonymous memory file; uhmm_devmem_add_file names
- * a file instead (persistent data then outlives the process).
- * Fails: -EINVAL bad size, NULL argument, unknown flag bits, or
- * UNADDRESSABLE without ALLOW_MIGRATION (the data would be unreachable);
- * -EOPNOTSUPP a classification this device or this kernel cannot provide;
- * -ENOMEM.
+ * a file instead (persistent data then outlives the process).  Coherent
+ * memory (DEVICE | ALLOW_MIGRATION) is added in whole granules: size is
+ * rounded up to a multiple of UHMM_COHERENT_GRANULE (uhmm_devmem_npages
+ * tells the result).
+ * Fails: -EINVAL bad size (more than 2^32 pages, too), NULL argument,
+ * unknown flag bits, or UNADDRESSABLE without ALLOW_MIGRATION (the data
+ * would be unreachable); -EOPNOTSUPP a classification this device or this
+ * kernel cannot provide; -EBUSY the device is being destroyed; -ENOMEM;
+ * the negative errno of creating or sizing the memory file.
  */
 int uhmm_devmem_add(struct uhmm_device *d, size_t size, unsigned flags,
                     struct uhmm_devmem **out);
@@ -281,7 +303,8 @@ int uhmm_devmem_add_file(struct uhmm_device *d, const char *path, size_t size, u
  * process (shared: writes reach the device memory, and its file).
  * uhmm_migrate over these pages skips them; uhmm_query reports them
  * DEVICE_COHERENT on m's device.  Fails: -EINVAL bad arguments or range
- * outside m; -EOPNOTSUPP m is not persistent; negative errno of mmap.
+ * outside m; -EOPNOTSUPP m is not persistent; -EBUSY m is being removed;
+ * negative errno of mmap; -EEXIST / -ENOMEM registering the mapping.
  */
 int uhmm_devmem_map(struct uhmm_devmem *m, size_t offset, size_t len, int prot, void **addr);
 /* Unmap a mapping from uhmm_devmem_map (whole mapping).  -EINVAL if it is not one. */
@@ -322,7 +345,8 @@ struct uhmm_migrate_result {
  * Running out of device memory or a failed copy skips pages, it does not
  * fail the call.  A CPU write racing the migration is never lost.
  * Fails (nothing migrated): -EINVAL bad arguments, range not entirely
- * managed by h, or `to` belongs to another context.
+ * managed by h, or `to` belongs to another context; -ECHILD in a forked
+ * child (its copy of the parent's context is not live); -ENOMEM.
  */
 int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
                  struct uhmm_migrate_result *res);
@@ -332,8 +356,10 @@ int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
  * changes, so this wrapper invalidates every mirror of [addr, addr+len)
  * (UHMM_EVENT_PROTECT) before changing the protection.  Device mappings are
  * then rebuilt by device faults under the new protection.  Use it instead of
- * mprotect for memory a device mirrors.  Fails: -EINVAL bad arguments; the
- * negative errno of mprotect.
+ * mprotect for memory a device mirrors.  The memory need not be managed:
+ * a mirror may map unmanaged memory too (uhmm_range_fault), so any
+ * interval is accepted and every mirror of h's devices is told.
+ * Fails: -EINVAL bad arguments; the negative errno of mprotect.
  */
 int uhmm_mprotect(struct uhmm *h, void *addr, size_t len, int prot);
 
@@ -418,6 +444,12 @@ int uhmm_stats_get(struct uhmm *h, struct uhmm_stats *out);
 #define UHMM_SYS_THREAD_ID     (1u << 9)
 #define UHMM_SYS_ZEROPAGE      (1u << 10)
 
+/*
+ * Caller-allocated, filled whole by uhmm_sysinfo_get.  ABI: `reason` was
+ * added at the end in 0.1, which changed sizeof(struct uhmm_sysinfo); a
+ * binary built against a header without it passes a smaller struct and
+ * must be rebuilt (how such structs evolve without that is separate work).
+ */
 struct uhmm_sysinfo {
 	unsigned caps;              /* UHMM_SYS_* */
 	uint64_t uffd_features;     /* raw UFFDIO_API features */
@@ -426,8 +458,19 @@ struct uhmm_sysinfo {
 	int unprivileged_sysctl;    /* vm.unprivileged_userfaultfd, -1 if unreadable */
 	char kernel[65];            /* uname release */
 	char how[96];               /* how userfaultfd was opened, in words */
+	char reason[256];           /* one sentence, never empty, NUL-terminated: why
+	                               userfaultfd cannot be opened here (what
+	                               uhmm_open's -EPERM / -ENOSYS means), else why
+	                               AUTO picks the mode it picks (whether faults
+	                               inside system calls can be served) */
 };
 
+/*
+ * Probe this machine without a context.  Returns 0 also when userfaultfd
+ * does not work (caps lacks UHMM_SYS_UFFD; uffd_errno and reason say why),
+ * so a program whose uhmm_open failed can report the reason in one call.
+ * -EINVAL out == NULL.
+ */
 int uhmm_sysinfo_get(struct uhmm_sysinfo *out);
 
 /* ------------------------------------------------------------------------
@@ -459,9 +502,17 @@ struct uhmm_mirror_ops {
 	                   enum uhmm_event ev);
 };
 
-/* Register the (single) mirror of device d.  Fails: -EINVAL; -EEXIST one exists. */
+/* Register the (single) mirror of device d.  Fails: -EINVAL NULL argument;
+ * -EEXIST one exists; -ENOMEM. */
 int uhmm_mirror_register(struct uhmm_device *d, const struct uhmm_mirror_ops *ops,
                          void *priv, struct uhmm_mirror **out);
+/*
+ * Unregister and free mirror m; no invalidate callback of it runs after
+ * return.  uhmm_device_destroy unregisters a device's mirror itself.
+ * Fails: -EINVAL m == NULL; -ENOENT m is not its device's mirror (a
+ * defensive check only: m is freed on success, so passing it again, or
+ * after its device was destroyed, is a use after free).
+ */
 int uhmm_mirror_unregister(struct uhmm_mirror *m);
 void *uhmm_mirror_priv(const struct uhmm_mirror *m);
 
@@ -541,7 +592,8 @@ struct uhmm_devmem *uhmm_dummy_devmem(struct uhmm_device *d);
  * Create a dummy device on h: host memory that application pointers never
  * point into, its own page table, and device operations below.
  * Fails: -EINVAL NULL h/out or invalid devmem_flags; -EOPNOTSUPP a
- * classification this build cannot provide; -ENOMEM.
+ * classification this build cannot provide; -ENOSPC h already has 32
+ * devices; -ENOMEM; with a path, the negative errno of open/ftruncate.
  */
 int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *o,
                       struct uhmm_device **out);
@@ -556,7 +608,8 @@ struct uhmm_dummy_counters {
  * faults into uhmm as needed (pages on another device come back through
  * system memory).  c may be NULL; counters are added to.
  * Fails: -EINVAL bad arguments or d not a dummy device; -EFAULT no access
- * (PROT_NONE, unmapped, poisoned); -EPERM write to read-only memory.  On
+ * (PROT_NONE, unmapped, poisoned); -EPERM write to read-only memory;
+ * -ENODEV the device was lost (UHMM_DUMMY_LOST).  On
  * failure buf (read) or memory (write) may be partly done, never torn
  * within a page.
  */
@@ -584,7 +637,8 @@ int uhmm_dummy_write(struct uhmm_device *d, void *addr, const void *buf, size_t 
  */
 int uhmm_dummy_snapshot(struct uhmm_device *d, const void *addr, size_t npages, uint8_t *out);
 
-/* Evict all of the device's memory to system memory.  -EBUSY if a page could not come back. */
+/* Evict all of the device's memory to system memory.  -EINVAL d is not a
+ * dummy device; -EBUSY a page could not come back. */
 int uhmm_dummy_release(struct uhmm_device *d);
 
 #define UHMM_DUMMY_FAIL_ALLOC (1u << 0) /* device memory allocation fails */
@@ -593,7 +647,7 @@ int uhmm_dummy_release(struct uhmm_device *d);
 /* Set fault injection flags (replaces the previous set).  -EINVAL unknown bits. */
 int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags);
 
-/* Counters of the device since creation. */
+/* Counters of the device since creation.  -EINVAL d not a dummy or c NULL. */
 int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c);
 
 /*
@@ -613,10 +667,12 @@ int uhmm_dummy_counters_get(struct uhmm_device *d, struct uhmm_dummy_counters *c
  * uhmm_migrate to d skips a granule holding such a page until the CPU has
  * touched it.  Fails: -EINVAL bad arguments; -EFAULT / -EPERM no (write)
  * access; -EBUSY a page could not be made exclusive (out of device memory)
- * — pages already made exclusive stay so.
+ * — pages already made exclusive stay so; otherwise the errors of
+ * uhmm_migrate and (coherent devices) uhmm_devmem_add.
  */
 int uhmm_dummy_exclusive(struct uhmm_device *d, void *addr, size_t npages);
-/* 0 if the CPU revoked exclusivity of every page; -EPERM if one is still exclusive. */
+/* 0 if the CPU revoked exclusivity of every page; -EPERM if one is still
+ * exclusive; -EINVAL bad arguments or d not a dummy device. */
 int uhmm_dummy_check_exclusive(struct uhmm_device *d, void *addr, size_t npages);
 
 #ifdef __cplusplus

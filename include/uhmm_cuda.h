@@ -169,21 +169,34 @@ struct uhmm_cuda_launch {
 /*
  * Prefetch every span in l->uses, then launch the kernel (asynchronously:
  * wait with uhmm_cuda_sync()).  The kernel must touch no managed memory
- * outside its declared spans.  Fails as uhmm_cuda_prefetch (nothing is
- * launched then), or -EIO the launch failed.
+ * outside its declared spans.  Fails: -EINVAL d not a CUDA device, l or
+ * l->function NULL, or nuses without uses; as uhmm_cuda_prefetch (nothing
+ * is launched then); the launch failed: -EIO, or, by the driver's error,
+ * -ENOMEM (out of memory), -ENODEV (driver or GPU unusable), -EOPNOTSUPP
+ * (not supported) — uhmm_cuda_last_error says which.
+ *
+ * Driver errors map the same way in every call of this header:
+ * CUDA_ERROR_OUT_OF_MEMORY is -ENOMEM; NOT_INITIALIZED, DEINITIALIZED,
+ * STUB_LIBRARY, INSUFFICIENT_DRIVER, DEVICE_UNAVAILABLE, NO_DEVICE and
+ * INVALID_DEVICE are -ENODEV; NOT_SUPPORTED is -EOPNOTSUPP; any other is
+ * -EIO.
  */
 int uhmm_cuda_launch(struct uhmm_device *d, const struct uhmm_cuda_launch *l);
 
 /*
  * Load a module image (PTX text, cubin or fatbin, as cuModuleLoadData) into
  * the device's context and look up a kernel by name.  The module lives
- * until the device is destroyed.  Fails: -EINVAL; -ENOENT no such kernel;
- * -EIO the image did not load (uhmm_cuda_last_error says why).
+ * until the device is destroyed.  Fails: -EINVAL NULL argument or d not a
+ * CUDA device; -ENOENT no such kernel; -ENOMEM; -EIO the image did not
+ * load, or -ENODEV / -EOPNOTSUPP by the driver's error (the mapping under
+ * uhmm_cuda_launch; uhmm_cuda_last_error says why).
  */
 int uhmm_cuda_function(struct uhmm_device *d, const void *image, const char *name,
                        void **function);
 
-/* Wait for all work in the device's context (cuCtxSynchronize). */
+/* Wait for all work in the device's context (cuCtxSynchronize).  Fails:
+ * -EINVAL d is not a CUDA device; the driver's error mapped as under
+ * uhmm_cuda_launch (a kernel that faulted: -EIO, and the context is lost). */
 int uhmm_cuda_sync(struct uhmm_device *d);
 
 /* ------------------------------------------------------------------------
@@ -222,6 +235,7 @@ struct uhmm_cuda_stats {
 	uint64_t alloc_failures;    /* cuMemCreate failures (GPU full) */
 };
 
+/* Snapshot of d's counters.  -EINVAL d is not a CUDA device or out is NULL. */
 int uhmm_cuda_stats_get(struct uhmm_device *d, struct uhmm_cuda_stats *out);
 
 #ifdef __cplusplus

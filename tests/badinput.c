@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Bad arguments: every call returns a negative errno, never aborts. */
 #include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "uhmm_cuda.h"
 
 #include "testdev.h"
 
@@ -289,6 +292,99 @@ static void bad_devices(void **state)
 	tdev_free(t);
 }
 
+/* Errors the header documents beyond bad arguments, where a test can
+ * provoke them cheaply. */
+static void documented_errnos(void **state)
+{
+	struct uhmm *h = t_open(state);
+	struct uhmm_device_ops ops;
+	struct uhmm_device *devs[33];
+	struct uhmm_devmem *m = NULL;
+
+	/* No context to ask: AUTO, the only time it is returned. */
+	assert_int_equal(uhmm_fault_mode(NULL), UHMM_FAULT_AUTO);
+
+	/* 32 devices per context; the 33rd is -ENOSPC, for a dummy too. */
+	memset(&ops, 0, sizeof(ops));
+	for (int i = 0; i < 32; i++)
+		assert_int_equal(uhmm_device_create(h, "n", &ops, UHMM_DEVICE_HOST_BACKED, NULL,
+		                                    &devs[i]), 0);
+	devs[32] = NULL;
+	assert_int_equal(uhmm_device_create(h, "n", &ops, UHMM_DEVICE_HOST_BACKED, NULL,
+	                                    &devs[32]), -ENOSPC);
+	assert_null(devs[32]);
+	assert_int_equal(uhmm_dummy_create(h, NULL, &devs[32]), -ENOSPC);
+	assert_int_equal(uhmm_device_destroy(devs[31]), 0);
+
+	/* devmem: more than 2^32 pages is -EINVAL; coherent sizes round up to
+	 * whole granules (where the kernel offers coherent memory at all). */
+	assert_int_equal(uhmm_devmem_add(devs[0], ((size_t)UINT32_MAX + 1) * PS(),
+	                                 UHMM_DEVMEM_ALLOW_MIGRATION | UHMM_DEVMEM_UNADDRESSABLE,
+	                                 &m),
+	                 -EINVAL);
+	int r = uhmm_devmem_add(devs[0], PS(), UHMM_DEVMEM_ALLOW_MIGRATION, &m);
+	if (r == 0) {
+		assert_int_equal(uhmm_devmem_npages(m), UHMM_COHERENT_GRANULE / PS());
+		assert_int_equal(uhmm_devmem_remove(m), 0);
+	} else {
+		assert_int_equal(r, -EOPNOTSUPP);
+	}
+
+	/* Dummy calls on a device that is not a dummy. */
+	struct uhmm_dummy_counters c;
+	void *p = t_alloc(h, 8);
+	assert_int_equal(uhmm_dummy_release(devs[0]), -EINVAL);
+	assert_int_equal(uhmm_dummy_counters_get(devs[0], &c), -EINVAL);
+	assert_int_equal(uhmm_dummy_check_exclusive(devs[0], p, 1), -EINVAL);
+	assert_int_equal(uhmm_dummy_exclusive(devs[0], p, 1), -EINVAL);
+	/* ... nor a CUDA device. */
+	struct uhmm_cuda_stats cs;
+	assert_int_equal(uhmm_cuda_sync(devs[0]), -EINVAL);
+	assert_int_equal(uhmm_cuda_sync(NULL), -EINVAL);
+	assert_int_equal(uhmm_cuda_stats_get(devs[0], &cs), -EINVAL);
+	assert_int_equal(uhmm_cuda_stats_get(NULL, &cs), -EINVAL);
+	for (int i = 0; i < 31; i++)
+		assert_int_equal(uhmm_device_destroy(devs[i]), 0);
+
+	/* A lost dummy refuses device access. */
+	struct uhmm_device *d = t_dummy(h);
+	char *buf = malloc(PS());
+	assert_non_null(buf);
+	assert_int_equal(uhmm_dummy_counters_get(d, NULL), -EINVAL);
+	assert_int_equal(uhmm_dummy_read(d, p, buf, 1, NULL), 0);
+	assert_int_equal(uhmm_dummy_set_fail(d, UHMM_DUMMY_LOST), 0);
+	assert_int_equal(uhmm_dummy_read(d, p, buf, 1, NULL), -ENODEV);
+	assert_int_equal(uhmm_dummy_write(d, p, buf, 1, NULL), -ENODEV);
+	free(buf);
+
+	/* More than 64 mappings: -E2BIG (alternate protections split it). */
+	enum { NV = 140 };
+	char *q = t_mmap(NV);
+	for (int i = 0; i < NV; i += 2)
+		assert_int_equal(mprotect(q + (size_t)i * PS(), PS(), PROT_READ), 0);
+	assert_int_equal(uhmm_range_add(h, q, NV * PS()), -E2BIG);
+	/* uhmm_mprotect accepts unmanaged memory (mirrors may map it). */
+	assert_int_equal(uhmm_mprotect(h, q, NV * PS(), PROT_READ | PROT_WRITE), 0);
+	q[PS()] = 1; /* writable again */
+	munmap(q, NV * PS());
+
+	/* A forked child's copy of the context is not live. */
+	fill_pages(p, 0, 8, 4);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int ok = uhmm_migrate(h, p, 8 * PS(), NULL, NULL) == -ECHILD &&
+		         uhmm_close(h) == -ECHILD;
+		_exit(ok ? 0 : 1);
+	}
+	int st = 0;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_pages(p, 0, 8, 4);
+	t_close(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -297,6 +393,7 @@ int main(void)
 		TEST_ONE(bad_range),
 		TEST_ONE(bad_query_migrate),
 		TEST_ONE(bad_devices),
+		TEST_ONE(documented_errnos),
 	};
 	return cmocka_run_group_tests_name("badinput", tests, NULL, NULL);
 }

@@ -2,9 +2,10 @@
 /*
  * `uhmm info`: what this kernel and this process offer uhmm.
  *
- * The library probes userfaultfd (uhmm_sysinfo_get); this file adds the
- * process-side facts that explain the result (credentials, /dev/userfaultfd
- * permissions, seccomp) and turns them into advice.
+ * The library probes userfaultfd and says why in words (uhmm_sysinfo_get's
+ * reason: one source, so applications report what this prints); this file
+ * adds the process-side facts behind it (credentials, /dev/userfaultfd
+ * permissions, seccomp) and advice.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -160,44 +161,17 @@ static void print_privileges(const struct proc_facts *p, const struct uhmm_sysin
 	    p->seccomp == 2 ? "filter active" : "unknown");
 }
 
-/* Why faults taken inside system calls can (or cannot) be served. */
-static void print_kernel_faults(const struct proc_facts *p, const struct uhmm_sysinfo *si)
+/* Whether faults taken inside system calls are served, and why: the
+ * library's reason (uhmm_sysinfo_get), so programs report the same words. */
+static void print_kernel_faults(const struct uhmm_sysinfo *si)
 {
-	char why[160];
-	size_t n = 0;
-
 	if (si->caps & UHMM_SYS_KERNEL_FAULTS) {
-		const char *how;
-
-		if (si->caps & UHMM_SYS_DEV_UFFD)
-			how = "this process can open /dev/userfaultfd";
-		else if (p->cap_sys_ptrace == 1)
-			how = p->euid == 0 ? "this process is root (CAP_SYS_PTRACE)"
-			                   : "this process has CAP_SYS_PTRACE";
-		else if (si->unprivileged_sysctl == 1)
-			how = "vm.unprivileged_userfaultfd=1";
-		else
-			how = "the kernel allows it";
-		snprintf(why, sizeof(why), "served: %s; read(2)/write(2) into device-resident "
-		         "memory work in thread mode", how);
-		row_wrapped(1, "kernel-mode faults", why);
+		row(1, "kernel-mode faults", "served");
+		row_wrapped(1, "why", si->reason);
 		return;
 	}
-	why[0] = '\0';
-	if (p->euid != 0 && p->cap_sys_ptrace != 1)
-		n += (size_t)snprintf(why + n, sizeof(why) - n, "%snot root, no CAP_SYS_PTRACE",
-		                      n ? "; " : "");
-	if (n < sizeof(why) && !p->dev_exists)
-		n += (size_t)snprintf(why + n, sizeof(why) - n, "%sno /dev/userfaultfd",
-		                      n ? "; " : "");
-	else if (n < sizeof(why) && !p->dev_access)
-		n += (size_t)snprintf(why + n, sizeof(why) - n, "%sno access to /dev/userfaultfd",
-		                      n ? "; " : "");
-	if (n < sizeof(why) && si->unprivileged_sysctl == 0)
-		snprintf(why + n, sizeof(why) - n, "%svm.unprivileged_userfaultfd=0",
-		         n ? "; " : "");
 	row(1, "kernel-mode faults", "NOT served (user-mode faults only)");
-	row_wrapped(1, "why", why[0] ? why : "unknown (the kernel refused full access)");
+	row_wrapped(1, "why", si->reason);
 	row_wrapped(1, "so", "a system call that touches a device-resident or never-touched "
 	            "managed page (read(2), recv(2), ... into a fresh buffer) fails with "
 	            "EFAULT; touch fresh buffers first, bring device-resident ones home with");
@@ -207,54 +181,185 @@ static void print_kernel_faults(const struct proc_facts *p, const struct uhmm_sy
 	            "sysctl -w vm.unprivileged_userfaultfd=1");
 }
 
-/* userfaultfd does not work at all: explain the errno. */
-static void print_failure(const struct proc_facts *p, const struct uhmm_sysinfo *si)
+/* userfaultfd does not work at all: the errno and the library's reason. */
+static void print_failure(const struct uhmm_sysinfo *si)
 {
 	int e = si->uffd_errno;
-	const char *cause = "unknown";
 
 	row(1, "error", "%s (errno %d)", e ? strerror(e) : "unknown", e);
-	if (p->seccomp == 2 && (e == EPERM || e == ENOSYS || e == EACCES))
-		cause = "a seccomp filter blocks userfaultfd(2), as Docker's default profile "
-		        "does: run the container with a profile that allows userfaultfd "
-		        "(or --security-opt seccomp=unconfined)";
-	else if (e == ENOSYS)
-		cause = "the kernel has no userfaultfd (CONFIG_USERFAULTFD off) or a sandbox "
-		        "hides the system call";
-	else if ((e == EPERM || e == EACCES) && !kernel_at_least(p, 5, 11))
-		cause = "this kernel (< 5.11) has no user-mode-only userfaultfd and "
-		        "vm.unprivileged_userfaultfd=0: run as root or set it to 1";
-	else if (e == EPERM || e == EACCES)
-		cause = "denied by a security module (SELinux, AppArmor) or by a seccomp "
-		        "filter of a container or sandbox";
-	else if (e == EINVAL)
-		cause = "the UFFDIO_API handshake failed: the kernel is too old for uhmm "
-		        "(Linux 5.11 or later is needed)";
-	else if (e == EMFILE || e == ENFILE)
-		cause = "out of file descriptors";
-	else if (e == ENOMEM)
-		cause = "out of memory";
-	row_wrapped(1, "likely cause", cause);
+	row_wrapped(1, "reason", si->reason);
 }
 
 struct feature {
 	unsigned cap;
 	const char *name;
+	const char *key; /* --json */
 	const char *use;
 };
 
 static const struct feature features[] = {
-	{ UHMM_SYS_MOVE, "UFFDIO_MOVE",
+	{ UHMM_SYS_MOVE, "UFFDIO_MOVE", "move",
 	  "zero-copy migration (else copy + unmap)" },
-	{ UHMM_SYS_SIGBUS, "SIGBUS", "sigbus fault mode" },
-	{ UHMM_SYS_POISON, "POISON", "poisoned pages after device loss" },
-	{ UHMM_SYS_WP, "WP", "write-protect anonymous memory" },
-	{ UHMM_SYS_EVENTS, "events UNMAP/REMOVE/REMAP",
+	{ UHMM_SYS_SIGBUS, "SIGBUS", "sigbus", "sigbus fault mode" },
+	{ UHMM_SYS_POISON, "POISON", "poison", "poisoned pages after device loss" },
+	{ UHMM_SYS_WP, "WP", "wp", "write-protect anonymous memory" },
+	{ UHMM_SYS_EVENTS, "events UNMAP/REMOVE/REMAP", "events",
 	  "munmap/madvise/mremap invalidate mirrors" },
-	{ UHMM_SYS_EVENT_FORK, "EVENT_FORK", "fork notification" },
-	{ UHMM_SYS_THREAD_ID, "THREAD_ID", "faulting thread id in messages" },
-	{ UHMM_SYS_ZEROPAGE, "ZEROPAGE", "zero page on read faults" },
+	{ UHMM_SYS_EVENT_FORK, "EVENT_FORK", "event_fork", "fork notification" },
+	{ UHMM_SYS_THREAD_ID, "THREAD_ID", "thread_id", "faulting thread id in messages" },
+	{ UHMM_SYS_ZEROPAGE, "ZEROPAGE", "zeropage", "zero page on read faults" },
 };
+
+/* ---- --json: the same facts as one JSON object ---- */
+
+/* A JSON string: quotes, backslashes and control bytes escaped (other
+ * bytes pass through: the kernel and driver strings are ASCII). */
+static void json_str(const char *v)
+{
+	putchar('"');
+	for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+		if (*c == '"' || *c == '\\')
+			printf("\\%c", *c);
+		else if (*c == '\n')
+			fputs("\\n", stdout);
+		else if (*c == '\t')
+			fputs("\\t", stdout);
+		else if (*c < 0x20 || *c == 0x7f)
+			printf("\\u%04x", *c);
+		else
+			putchar(*c);
+	}
+	putchar('"');
+}
+
+/* "key": then a value; first says whether a comma goes before. */
+static void json_key(int *first, const char *key)
+{
+	printf("%s\"%s\": ", *first ? "" : ", ", key);
+	*first = 0;
+}
+
+static void json_bool3(int v) /* 1, 0, or -1 unknown (null) */
+{
+	fputs(v < 0 ? "null" : v ? "true" : "false", stdout);
+}
+
+static void json_str_or_null(const char *v)
+{
+	if (v)
+		json_str(v);
+	else
+		fputs("null", stdout);
+}
+
+static void print_json(const struct proc_facts *p, const struct uhmm_sysinfo *si, int works)
+{
+	char buf[64];
+	const char *env;
+	int f = 1, g;
+
+	putchar('{');
+	json_key(&f, "version");
+	snprintf(buf, sizeof(buf), "%d.%d.%d", UHMM_VERSION_MAJOR, UHMM_VERSION_MINOR,
+	         UHMM_VERSION_PATCH);
+	json_str(buf);
+	json_key(&f, "kernel");
+	json_str(si->kernel);
+	json_key(&f, "page_size");
+	printf("%ld", sysconf(_SC_PAGESIZE));
+
+	json_key(&f, "userfaultfd");
+	g = 1;
+	putchar('{');
+	json_key(&g, "works");
+	json_bool3(works);
+	json_key(&g, "errno");
+	printf("%d", si->uffd_errno);
+	json_key(&g, "error");
+	json_str_or_null(si->uffd_errno ? strerror(si->uffd_errno) : NULL);
+	json_key(&g, "how");
+	json_str(si->how);
+	json_key(&g, "kernel_mode_faults");
+	json_bool3(!!(si->caps & UHMM_SYS_KERNEL_FAULTS));
+	json_key(&g, "via_dev_userfaultfd");
+	json_bool3(!!(si->caps & UHMM_SYS_DEV_UFFD));
+	json_key(&g, "reason");
+	json_str(si->reason);
+	putchar('}');
+
+	json_key(&f, "privileges");
+	g = 1;
+	putchar('{');
+	json_key(&g, "euid");
+	printf("%u", (unsigned)p->euid);
+	json_key(&g, "cap_sys_ptrace");
+	json_bool3(p->cap_sys_ptrace);
+	json_key(&g, "dev_userfaultfd");
+	if (p->dev_exists)
+		printf("{\"present\": true, \"mode\": \"%04o\", \"access\": %s}",
+		       (unsigned)p->dev_mode, p->dev_access ? "true" : "false");
+	else
+		fputs("{\"present\": false}", stdout);
+	json_key(&g, "unprivileged_userfaultfd");
+	if (si->unprivileged_sysctl >= 0)
+		printf("%d", si->unprivileged_sysctl);
+	else
+		fputs("null", stdout);
+	json_key(&g, "seccomp");
+	json_str(p->seccomp == 0 ? "none" : p->seccomp == 1 ? "strict" :
+	         p->seccomp == 2 ? "filter" : "unknown");
+	putchar('}');
+
+	json_key(&f, "features");
+	g = 1;
+	putchar('{');
+	json_key(&g, "mask");
+	snprintf(buf, sizeof(buf), "0x%" PRIx64, si->uffd_features);
+	json_str(buf);
+	for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
+		json_key(&g, features[i].key);
+		json_bool3(works ? !!(si->caps & features[i].cap) : -1); /* null: not probed */
+	}
+	putchar('}');
+
+	json_key(&f, "auto_mode");
+	json_str_or_null(works ? mode_name(si->auto_mode) : NULL);
+	env = getenv("UHMM_FAULT_MODE");
+	json_key(&f, "env_fault_mode");
+	json_str_or_null(env && (strcasecmp(env, "thread") == 0 || strcasecmp(env, "sigbus") == 0)
+	                         ? env : NULL);
+	env = getenv("UHMM_NO_MOVE");
+	json_key(&f, "env_no_move");
+	json_bool3(env && env[0] && env_true(env));
+
+	struct uhmm_cuda_info ci;
+	int rc = uhmm_cuda_available(&ci);
+	json_key(&f, "cuda");
+	g = 1;
+	putchar('{');
+	json_key(&g, "available");
+	json_bool3(rc == 0);
+	json_key(&g, "library");
+	json_str(ci.library);
+	json_key(&g, "reason");
+	json_str(ci.reason);
+	if (rc == 0) {
+		json_key(&g, "driver_version");
+		printf("%d", ci.driver_version);
+		json_key(&g, "gpus");
+		putchar('[');
+		for (int i = 0; i < ci.device_count && i < UHMM_CUDA_MAX_DEVICES; i++) {
+			printf("%s{\"name\": ", i ? ", " : "");
+			json_str(ci.dev[i].name);
+			printf(", \"total_mem\": %" PRIu64 ", \"compute\": \"%d.%d\", \"vmm\": %s}",
+			       ci.dev[i].total_mem, ci.dev[i].cc_major, ci.dev[i].cc_minor,
+			       ci.dev[i].vmm ? "true" : "false");
+		}
+		putchar(']');
+	}
+	putchar('}');
+	puts("}");
+}
 
 /* CUDA: is a driver there, and which GPUs (does not create a device). */
 static void print_cuda(void)
@@ -291,8 +396,9 @@ int cmd_info(int argc, char **argv)
 		cli_help(stdout, "info");
 		return CLI_EXIT_OK;
 	}
-	if (argc > 1)
-		return cli_usage_error("info", "unexpected argument '%s'", argv[1]);
+	int json = argc >= 2 && strcmp(argv[1], "--json") == 0;
+	if (argc > 1 + json)
+		return cli_usage_error("info", "unexpected argument '%s'", argv[1 + json]);
 
 	memset(&si, 0, sizeof(si));
 	rc = uhmm_sysinfo_get(&si);
@@ -302,8 +408,13 @@ int cmd_info(int argc, char **argv)
 	}
 	si.kernel[sizeof(si.kernel) - 1] = '\0';
 	si.how[sizeof(si.how) - 1] = '\0';
+	si.reason[sizeof(si.reason) - 1] = '\0';
 	gather(&p, &si);
 	works = !!(si.caps & UHMM_SYS_UFFD);
+	if (json) {
+		print_json(&p, &si, works);
+		return works ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+	}
 
 	printf("uhmm %d.%d.%d\n\n", UHMM_VERSION_MAJOR, UHMM_VERSION_MINOR, UHMM_VERSION_PATCH);
 	row(0, "kernel", "Linux %s", si.kernel[0] ? si.kernel : "(unknown)");
@@ -320,9 +431,9 @@ int cmd_info(int argc, char **argv)
 		row_wrapped(1, "opened", si.how);
 	print_privileges(&p, &si);
 	if (works)
-		print_kernel_faults(&p, &si);
+		print_kernel_faults(&si);
 	else
-		print_failure(&p, &si);
+		print_failure(&si);
 
 	putchar('\n');
 	row(0, "features", "raw UFFDIO_API mask 0x%" PRIx64 "%s", si.uffd_features,

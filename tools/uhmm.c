@@ -30,11 +30,12 @@ static int cmd_help(int argc, char **argv);
  * own file (tools/NAME.c, declared in cli.h and listed in tools/meson.build).
  */
 static const struct cli_cmd commands[] = {
-	{ "info", cmd_info, "",
+	{ "info", cmd_info, "[--json]",
 	  "what this kernel offers: userfaultfd, features, fault mode",
 	  "Report the kernel version, whether userfaultfd works here and how\n"
 	  "(kernel-mode faults served too, or user-mode only, and why), each\n"
 	  "userfaultfd feature uhmm uses, and the fault mode AUTO would pick.\n"
+	  "  --json   the same facts as one JSON object on standard output\n"
 	  "Exits 0 if userfaultfd works, 1 otherwise.\n" },
 	{ "demo", cmd_demo, "[--size S] [--mode auto|thread|sigbus] [--type private|coherent|persistent]",
 	  "migrate memory to a dummy device and back, verify every byte",
