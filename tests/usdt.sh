@@ -45,19 +45,22 @@ fi
 
 [ "$mode" = trace ] || { echo "usage: usdt.sh notes|trace ..."; exit 2; }
 command -v bpftrace >/dev/null 2>&1 || { echo "bpftrace not installed: skipped"; exit 77; }
+# Probes missing from the binary are a failure, not a reason to skip.
+readelf -n "$bin" | grep -q 'Provider: uhmm$' || { echo "$bin: no uhmm USDT probe"; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 rc=0
 for fm in thread sigbus; do
-	out=$tmp/$fm.out
+	out=$tmp/$fm.out   # the script's output (-o)
+	demo=$tmp/$fm.demo # the demo's, apart: its buffered lines never split the script's
 	err=$tmp/$fm.err
 	# -c: bpftrace starts the demo only once every probe is attached, so
 	# nothing races the demo's start.  Bounded: the demo takes well under
 	# a second; bpftrace's start (compiling the script) a few.
-	timeout -k 10 180 bpftrace -c "$bin demo --size 64M --mode $fm" "$src/tools/uhmm-trace.bt" \
-		"$bin" >"$out" 2>"$err"
+	timeout -k 10 180 bpftrace -o "$out" -c "$bin demo --size 64M --mode $fm" \
+		"$src/tools/uhmm-trace.bt" "$bin" >"$demo" 2>"$err"
 	brc=$?
-	if ! grep -q '^uhmm-trace: tracing' "$out"; then
+	if ! grep -q '^uhmm-trace: tracing' "$out" 2>/dev/null; then
 		# BEGIN never ran: bpftrace could not load or attach the script.
 		[ "$brc" = 124 ] && { echo "bpftrace timed out before attaching"; tail -n 20 "$err"; exit 1; }
 		echo "bpftrace cannot attach here (exit $brc): skipped"
@@ -66,12 +69,12 @@ for fm in thread sigbus; do
 	fi
 	fail() { echo "$fm: $*"; rc=1; }
 	[ "$brc" = 0 ] || fail "bpftrace exited $brc"
-	grep -q '^  OK: ' "$out" || fail "the demo did not verify its data"
+	grep -q '^  OK: ' "$demo" || fail "the demo did not verify its data"
 	# The demo's own count of pages it moved to the device, and the probe's.
-	n=$(sed -n 's/^ *\([0-9][0-9]*\) pages migrated, \([0-9]*\) skipped$/\1 pages (\2 skipped)/p' "$out" | head -n1)
+	n=$(sed -n 's/^ *\([0-9][0-9]*\) pages migrated, \([0-9]*\) skipped$/\1 pages (\2 skipped)/p' "$demo" | head -n1)
 	[ -n "$n" ] || fail "the demo printed no migration count"
 	grep -q "^migrate_end dummy: $n in [0-9]* us, [0-9]* MB/s, result 0$" "$out" ||
-		fail "no migrate_end line for the demo's $n pages"
+		fail "no migrate_end line for the demo's $n"
 	grep -Eq '^(last [0-9]+ ms|[0-9:]+) migrate: [1-9][0-9]* bytes/s \([1-9][0-9]* calls' "$out" ||
 		fail "no migration throughput line"
 	# The histogram of this mode: the lines after its map name up to a blank
@@ -84,7 +87,7 @@ for fm in thread sigbus; do
 	[ "$faults" -gt 0 ] || fail "empty CPU-fault histogram (@cpu_fault_us_$fm)"
 	echo "$fm: $faults CPU faults in the histogram, migrate_end $n"
 	if [ "$rc" != 0 ]; then
-		cat "$out"
+		cat "$demo" "$out"
 		tail -n 20 "$err"
 		exit 1
 	fi
