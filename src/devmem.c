@@ -38,6 +38,7 @@
  *    by the migration that allocated it, until it publishes the entry).
  */
 #include "internal.h"
+#include "probes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -422,6 +423,7 @@ static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags, con
 	if (id_alloc(m))
 		goto fail;
 	TRACE(TR_DEVMEM_ADD, m->pages, m->host, m->npages * PAGE_SIZE, m->id);
+	UHMM_PROBE(devmem_add, d->name, m->id, m->npages * PAGE_SIZE, flags);
 	m->next = d->mems;
 	d->mems = m;
 	*out = m;
@@ -617,6 +619,7 @@ void devmem_destroy(struct uhmm_devmem *m)
 	struct uhmm *h = m->dev->h;
 	size_t size = m->npages * PAGE_SIZE;
 	TRACE(TR_DEVMEM_DESTROY, m->pages, m->host, size, m->id);
+	UHMM_PROBE(devmem_remove, m->dev->name, m->id, size);
 	if (m->host) {
 		if (m->host_registered) {
 			uffd_unregister(h->uffd, (uintptr_t)m->host, size);

@@ -12,6 +12,7 @@
  * ever waited for, so two resolvers cannot deadlock).
  */
 #include "internal.h"
+#include "probes.h"
 
 #include <string.h>
 
@@ -120,7 +121,8 @@ static void populate_run(struct uhmm *h, uintptr_t lo, uintptr_t s0, uintptr_t s
 }
 
 static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
-                      _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid)
+                      _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid,
+                      size_t *pages)
 {
 	uintptr_t lo, hi;
 	granule(h, r, page, tid, &lo, &hi);
@@ -179,6 +181,7 @@ static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
 		uint64_t nv = UHMM_STATE_SYSTEM | (write && a == page ? 0 : PTE_ZERO);
 		/* What is not known to be mapped stays NONE. */
 		page_unlock(h, ents[i], mapped[i] ? nv : olds[i]);
+		*pages += mapped[i];
 	}
 	if (!mapped[(page - lo) / PAGE_SIZE])
 		/* EAGAIN: an event waits to be read (service thread): retry later. */
@@ -189,7 +192,7 @@ static int fault_none(struct uhmm *h, const struct range_ent *r, uintptr_t page,
 }
 
 static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t page,
-                        _Atomic uint64_t *e, uint64_t v, uint32_t tid)
+                        _Atomic uint64_t *e, uint64_t v, uint32_t tid, size_t *pages)
 {
 	uintptr_t lo, hi;
 	granule(h, r, page, tid, &lo, &hi);
@@ -216,8 +219,10 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 	int rc = p[me].err;
 	if (!rc)
 		stat_add(h, ST_CPU_FAULTS, 1);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		*pages += !p[i].err;
 		mpage_unlock(h, &p[i]);
+	}
 	if (rc == -EAGAIN)
 		return -EAGAIN; /* an event waits to be read first */
 	if (rc)
@@ -227,13 +232,17 @@ static int fault_device(struct uhmm *h, const struct range_ent *r, uintptr_t pag
 }
 
 static int resolve_locked(struct uhmm *h, const struct range_ent *r, uintptr_t page,
-                          _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid);
+                          _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid,
+                          size_t *pages);
 
 /* r: the range the caller found addr in (looked up again under the gate). */
 int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, unsigned flags,
                   uint32_t tid)
 {
 	(void)r;
+	/* Read only while a tracer is attached (the probe's semaphore). */
+	uint64_t t0 = UHMM_PROBE_ENABLED(cpu_fault) ? uhmm_probe_now_ns() : 0;
+	size_t pages = 0;
 	uintptr_t page = addr & ~PAGE_MASK;
 	_Atomic uint64_t *e = ptable_entry(&h->pt, page, true);
 	if (!e)
@@ -255,21 +264,25 @@ int fault_resolve(struct uhmm *h, const struct range_ent *r, uintptr_t addr, uns
 		gate_exit(h, entered);
 		return -EAGAIN; /* the caller looks the address up again */
 	}
-	rc = resolve_locked(h, &now, page, e, v, flags, tid);
+	rc = resolve_locked(h, &now, page, e, v, flags, tid, &pages);
 	gate_exit(h, entered);
 	PTRACE(FAULT, e, page, 0, v, rc);
+	if (t0) /* not when the tracer attached since t0 */
+		UHMM_PROBE(cpu_fault, addr, (int)h->mode, pages, uhmm_probe_now_ns() - t0, rc);
 	return rc;
 }
 
+/* *pages: how many pages this made accessible (the cpu_fault probe). */
 static int resolve_locked(struct uhmm *h, const struct range_ent *r, uintptr_t page,
-                          _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid)
+                          _Atomic uint64_t *e, uint64_t v, unsigned flags, uint32_t tid,
+                          size_t *pages)
 {
 	int rc;
 	switch (pte_state(v)) {
 	case UHMM_STATE_NONE:
-		return fault_none(h, r, page, e, v, flags, tid);
+		return fault_none(h, r, page, e, v, flags, tid, pages);
 	case UHMM_STATE_DEVICE:
-		return fault_device(h, r, page, e, v, tid);
+		return fault_device(h, r, page, e, v, tid, pages);
 	case UHMM_STATE_POISONED:
 		page_unlock(h, e, v);
 		return -EFAULT;
@@ -277,6 +290,7 @@ static int resolve_locked(struct uhmm *h, const struct range_ent *r, uintptr_t p
 		/* Mapped in place; the fault raced a granule's move (now done). */
 		page_unlock(h, e, v);
 		wake_range(h, page, PAGE_SIZE);
+		*pages = 1;
 		return 0;
 	default:
 		break;
@@ -299,5 +313,6 @@ static int resolve_locked(struct uhmm *h, const struct range_ent *r, uintptr_t p
 	}
 	page_unlock(h, e, v);
 	wake_range(h, page, PAGE_SIZE);
+	*pages = !rc;
 	return rc ? -EAGAIN : 0;
 }

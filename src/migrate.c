@@ -19,6 +19,7 @@
  * also wakes every thread waiting on it.
  */
 #include "internal.h"
+#include "probes.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -994,7 +995,12 @@ out:
 UHMM_API int uhmm_migrate(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,
                           struct uhmm_migrate_result *res)
 {
-	return migrate_range(h, addr, len, to, false, res);
+	struct uhmm_migrate_result own = { 0 }, *out = res ? res : &own; /* probes: the counts */
+	UHMM_PROBE(migrate_start, addr, len, to ? to->name : "system");
+	int rc = migrate_range(h, addr, len, to, false, out);
+	UHMM_PROBE(migrate_end, addr, len, rc ? 0 : out->migrated, rc ? 0 : out->skipped,
+	           to ? to->name : "system", rc);
+	return rc;
 }
 
 int migrate_private(struct uhmm *h, void *addr, size_t len, struct uhmm_device *to,

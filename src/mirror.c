@@ -13,6 +13,7 @@
  * another device.
  */
 #include "internal.h"
+#include "probes.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,7 @@ void mirror_invalidate(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm
 		if (!m)
 			continue;
 		atomic_fetch_add_explicit(&m->seq, 1, memory_order_acq_rel);
+		UHMM_PROBE(invalidation, start, end, (int)ev, d->name);
 		if (m->ops.invalidate)
 			m->ops.invalidate(m, start, end, ev);
 		stat_add(h, ST_INVALIDATIONS, 1);
@@ -395,5 +397,6 @@ UHMM_API int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t np
 out:
 	if (fault)
 		stat_add(h, ST_DEVICE_FAULTS, 1);
+	UHMM_PROBE(device_fault, addr, npages, flags, m->dev->name, rc);
 	return rc;
 }
