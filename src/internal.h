@@ -615,6 +615,22 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
 bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e);
 
+/* Tests only (tests/stress/remap.c): called at the points below with the
+ * pages concerned, so that a test can make other threads act exactly
+ * there.  NULL outside such tests: one relaxed load each. */
+enum {
+	DEBUG_FALLBACK_BEFORE_DISCARD, /* copy fallback, out of the gate, page locks held */
+	DEBUG_FALLBACK_AFTER_DISCARD,
+};
+extern void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);
+#define DEBUG_HOOK(point, addr, len)                                                       \
+	do {                                                                               \
+		void (*hook_)(int, uintptr_t, size_t) =                                    \
+			atomic_load_explicit(&debug_hook, memory_order_relaxed);          \
+		if (__builtin_expect(hook_ != NULL, 0))                                    \
+			hook_((point), (addr), (len));                                     \
+	} while (0)
+
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);
 void contexts_unlock(void);
