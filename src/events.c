@@ -182,16 +182,38 @@ void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 	remap_complete(h, done);
 }
 
-/* Where a pending move of the (busy) entry e goes; false if none. */
+/*
+ * Where the page of the (busy) entry e ends up once its pending move
+ * lands; false if none.  mremap may move the page on before it lands: the
+ * new address's entry stays held for the move, so a second mremap of that
+ * address (back over e's own address, or anywhere) records a move from it,
+ * made after the first, which takes the value on (see remap_finish).  Such
+ * a chain is followed to its end.  With remap_lock held, the list is newest
+ * first.
+ */
+static struct remap_pending *remap_next_hop(struct uhmm *h, struct remap_pending *rp)
+{
+	struct remap_pending *next = NULL;
+	/* The oldest record from rp's destination made after rp (before it
+	 * in the list).  One made after another page was moved in there
+	 * (after_install) carries that page, not ours. */
+	for (struct remap_pending *q = h->remaps; q && q != rp; q = q->next)
+		if (q->from == rp->to && !q->have_value)
+			next = q;
+	return next && !next->after_install ? next : NULL;
+}
+
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 {
 	bool found = false;
 	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp && !found; rp = rp->next) {
-		if (rp->from == e && !rp->have_value) {
-			*to = rp->to_addr;
-			found = true;
-		}
+	struct remap_pending *rp = h->remaps;
+	while (rp && !(rp->from == e && !rp->have_value))
+		rp = rp->next;
+	for (int hops = 0; rp && hops < 64; hops++) {
+		*to = rp->to_addr;
+		found = true;
+		rp = remap_next_hop(h, rp);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	return found;
@@ -215,16 +237,28 @@ bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e)
 
 /* The value a pending move brings to the (busy) entry ne, if one does:
  * the value known already, or what the source entry holds now (its holder
- * publishes the value when it unlocks).  For uhmm_query. */
+ * publishes the value when it unlocks).  That source entry may itself be
+ * held for an earlier move to it (mremap moved the page on before it
+ * landed there): then the value comes from that move's source, and so on
+ * back (records older than rp follow it in the list).  For uhmm_query. */
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v)
 {
-	bool found = false;
 	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp && !found; rp = rp->next) {
-		if (rp->to == ne) {
-			*v = rp->have_value ? rp->value : atomic_load(rp->from);
-			found = true;
+	struct remap_pending *rp = h->remaps;
+	while (rp && rp->to != ne)
+		rp = rp->next;
+	bool found = rp != NULL;
+	for (int hops = 0; rp && hops < 64; hops++) {
+		if (rp->have_value) {
+			*v = rp->value;
+			break;
 		}
+		*v = atomic_load(rp->from);
+		struct remap_pending *prev = NULL;
+		if (*v & PTE_BUSY)
+			for (prev = rp->next; prev && prev->to != rp->from; prev = prev->next)
+				;
+		rp = prev;
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	return found;

@@ -467,7 +467,9 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		/* Moved before our discard (its CPU page lives on at the new
 		 * address: it stays in system memory) or after it (the page is
 		 * gone there: our copy on the device is its data).  The new
-		 * address's entry is held for the move: nothing fills it.
+		 * address's entry is held for the move: nothing fills it.  The
+		 * new address is where the page ends up: mremap may have moved
+		 * it again meanwhile, even back here (remap_dest).
 		 * Marks set after PTE_REMAP are about the old address (an
 		 * mremap's own UNMAP of its source follows its REMAP): an
 		 * UNMAPPED there says nothing about this page. */
