@@ -158,28 +158,48 @@ static void remap_complete(struct uhmm *h, struct remap_pending *rp)
 	free(rp);
 }
 
+/* With remap_lock held: the oldest move from e still waiting for its value
+ * (the list is newest first).  mremap can move e's address away, then
+ * another page in, then that page away again while e stays held: the
+ * first move takes the holder's value, the next one the page moved in
+ * (page_unlock keeps PTE_REMAP for it). */
+static struct remap_pending *remap_first_from(struct uhmm *h, _Atomic uint64_t *e)
+{
+	struct remap_pending *first = NULL;
+	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next)
+		if (rp->from == e && !rp->have_value)
+			first = rp;
+	return first;
+}
+
 /* The old entry's value is known (its holder unlocked, or we locked it). */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 {
 	struct remap_pending *done = NULL;
 	PTRACE(REMAP_FINISH, e, 0, 0, value, 0);
 	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
-		if (rp->from == e && !rp->have_value) {
-			unsigned st = pte_state(value);
-			if (rp->discarded && (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)) {
-				/* Discarded before it moved: as page_unlock would. */
-				dpage_put(pte_dpage(value));
-				value = UHMM_STATE_NONE;
-			}
-			rp->value = value;
-			rp->have_value = true;
-			done = remap_ready(h, rp);
-			break;
+	struct remap_pending *rp = remap_first_from(h, e);
+	if (rp) {
+		unsigned st = pte_state(value);
+		if (rp->discarded && (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)) {
+			/* Discarded before it moved: as page_unlock would. */
+			dpage_put(pte_dpage(value));
+			value = UHMM_STATE_NONE;
 		}
+		rp->value = value;
+		rp->have_value = true;
+		done = remap_ready(h, rp);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	remap_complete(h, done);
+}
+
+bool remap_pending_from(struct uhmm *h, _Atomic uint64_t *e)
+{
+	pthread_mutex_lock(&h->remap_lock);
+	bool any = remap_first_from(h, e) != NULL;
+	pthread_mutex_unlock(&h->remap_lock);
+	return any;
 }
 
 /*
@@ -195,21 +215,18 @@ static struct remap_pending *remap_next_hop(struct uhmm *h, struct remap_pending
 {
 	struct remap_pending *next = NULL;
 	/* The oldest record from rp's destination made after rp (before it
-	 * in the list).  One made after another page was moved in there
-	 * (after_install) carries that page, not ours. */
+	 * in the list). */
 	for (struct remap_pending *q = h->remaps; q && q != rp; q = q->next)
 		if (q->from == rp->to && !q->have_value)
 			next = q;
-	return next && !next->after_install ? next : NULL;
+	return next;
 }
 
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 {
 	bool found = false;
 	pthread_mutex_lock(&h->remap_lock);
-	struct remap_pending *rp = h->remaps;
-	while (rp && !(rp->from == e && !rp->have_value))
-		rp = rp->next;
+	struct remap_pending *rp = remap_first_from(h, e);
 	for (int hops = 0; rp && hops < 64; hops++) {
 		*to = rp->to_addr;
 		found = true;
@@ -223,14 +240,9 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
  * page moved away before another one was moved in? */
 bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e)
 {
-	bool before = false;
 	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
-		if (rp->from == e && !rp->have_value) {
-			before = !rp->after_install;
-			break;
-		}
-	}
+	struct remap_pending *rp = remap_first_from(h, e);
+	bool before = rp && !rp->after_install;
 	pthread_mutex_unlock(&h->remap_lock);
 	return before;
 }

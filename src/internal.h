@@ -614,6 +614,8 @@ void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
 bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e);
+/* Does a move from the (busy) entry e still wait for its value? */
+bool remap_pending_from(struct uhmm *h, _Atomic uint64_t *e);
 
 /* Tests only (tests/stress/remap.c): called at the points below with the
  * pages concerned, so that a test can make other threads act exactly

@@ -214,8 +214,11 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 		 * moved in, when it lands here. */
 		if ((v & PTE_REMAP) && remap_before_install(h, e)) {
 			remap_finish(h, e, newval);
+			/* A later move away (after the page moved in) keeps its
+			 * mark: it takes that page when it lands here. */
 			v = atomic_load(e);
-			while (!atomic_compare_exchange_weak(e, &v, v & ~PTE_REMAP))
+			while (!remap_pending_from(h, e) &&
+			       !atomic_compare_exchange_weak(e, &v, v & ~PTE_REMAP))
 				;
 		} else if (pte_state(newval) == UHMM_STATE_DEVICE ||
 		           pte_state(newval) == UHMM_STATE_DEVICE_COHERENT) {

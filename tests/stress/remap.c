@@ -180,11 +180,53 @@ static void remap_back_after_discard_reused(void **state)
 	scene_close(&s);
 }
 
+/*
+ * Away, back over its first address and away again, all before the
+ * discard: the CPU pages live on at the third address.  The holder's
+ * value belongs to the first move (the oldest from its entry), and the
+ * third move takes what the second brought in.  Before, the newest move
+ * from the entry took the holder's value (or dropped it as stale): the
+ * first move never completed, its destination's entry stayed locked.
+ */
+static void remap_back_and_away(void **state)
+{
+	struct scene s;
+	scene_open(state, &s);
+	char *y = reserve(), *z = reserve();
+	pthread_t t;
+
+	s.act_at = DEBUG_FALLBACK_BEFORE_DISCARD;
+	assert_int_equal(pthread_create(&t, NULL, migrate_thread, &s), 0);
+	while (sem_wait(&s.at))
+		;
+	move_region(s.x, y);
+	move_region(y, s.x);
+	move_region(s.x, z);
+	struct uhmm_page_info pi[N];
+	int qrc = uhmm_query(s.h, z, N, pi);
+	sem_post(&s.go);
+	void *rc;
+	assert_int_equal(pthread_join(t, &rc), 0);
+	assert_int_equal((intptr_t)rc, 0);
+	assert_int_equal(qrc, 0);
+	for (size_t i = 0; i < N; i++)
+		assert_int_equal(pi[i].state, UHMM_STATE_SYSTEM);
+
+	assert_states(s.h, z, 0, N, UHMM_STATE_SYSTEM, NULL);
+	assert_pages(z, 0, N, 7);
+	assert_int_equal(uhmm_query(s.h, s.x, 1, pi), -ENOENT);
+	assert_migrate(s.h, z, N * PS(), s.b, N, 0);
+	assert_pages(z, 0, N, 7);
+	assert_int_equal(munmap(z, N * PS()), 0);
+	scene_close(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		TEST_BOTH(remap_back_after_discard),
 		TEST_BOTH(remap_back_after_discard_reused),
+		TEST_BOTH(remap_back_and_away),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
