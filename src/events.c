@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -227,12 +228,19 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 	bool found = false;
 	pthread_mutex_lock(&h->remap_lock);
 	struct remap_pending *rp = remap_first_from(h, e);
-	for (int hops = 0; rp && hops < 64; hops++) {
+	int hops = 0;
+	for (; rp && hops < 64; hops++) {
 		*to = rp->to_addr;
 		found = true;
 		rp = remap_next_hop(h, rp);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
+	if (hops > 1) {
+		TRACE(TR_REMAP_CHAIN, e, *to, hops, 0);
+		if (unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed)))
+			fprintf(stderr, "uhmm: a held page moved by %d pending mremaps: its destination "
+			        "is %#lx\n", hops, (unsigned long)*to);
+	}
 	return found;
 }
 
@@ -271,6 +279,8 @@ bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v)
 			for (prev = rp->next; prev && prev->to != rp->from; prev = prev->next)
 				;
 		rp = prev;
+		if (rp)
+			TRACE(TR_REMAP_CHAIN, ne, 0, hops + 2, 1);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	return found;
