@@ -281,6 +281,8 @@ bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v)
 		rp = prev;
 		if (rp)
 			TRACE(TR_REMAP_CHAIN, ne, 0, hops + 2, 1);
+		if (rp && unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed)))
+			fprintf(stderr, "uhmm: query of a page moved by %d pending mremaps\n", hops + 2);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	return found;
