@@ -196,14 +196,6 @@ void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 	remap_complete(h, done);
 }
 
-bool remap_pending_from(struct uhmm *h, _Atomic uint64_t *e)
-{
-	pthread_mutex_lock(&h->remap_lock);
-	bool any = remap_first_from(h, e) != NULL;
-	pthread_mutex_unlock(&h->remap_lock);
-	return any;
-}
-
 /*
  * Where the page of the (busy) entry e ends up once its pending move
  * lands; false if none.  mremap may move the page on before it lands: the
@@ -245,17 +237,6 @@ bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 	return found;
 }
 
-/* A busy entry marked both PTE_REMAP and PTE_INSTALL: was its holder's
- * page moved away before another one was moved in? */
-bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e)
-{
-	pthread_mutex_lock(&h->remap_lock);
-	struct remap_pending *rp = remap_first_from(h, e);
-	bool before = rp && !rp->after_install;
-	pthread_mutex_unlock(&h->remap_lock);
-	return before;
-}
-
 /* The value a pending move brings to the (busy) entry ne, if one does:
  * the value known already, or what the source entry holds now (its holder
  * publishes the value when it unlocks).  That source entry may itself be
@@ -289,28 +270,62 @@ bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v)
 	return found;
 }
 
-/* The new entry's holder gave it up (PTE_INSTALL): it is ours, locked. */
-void remap_take(struct uhmm *h, _Atomic uint64_t *ne)
+/*
+ * The held entry e is let go of, holding *cur.  The moves mremap made from
+ * and to its address while it was held are done in the order they were
+ * made: a move away takes the value here (nothing is left), a move here
+ * replaces it with the page it brings (what was here is dropped).  A move
+ * here whose page has not arrived yet keeps e held: true, and when the
+ * page arrives (remap_complete → remap_move → page_unlock) the rest is
+ * done.  False when no move is left: *cur is what e holds, and its marks
+ * but the ones set since the last move are cleared.
+ */
+bool remap_release(struct uhmm *h, _Atomic uint64_t *e, uint64_t *cur)
 {
-	PTRACE(REMAP_TAKE, ne, 0, 0, 0, 0);
-	uint64_t v = atomic_load(ne);
-	while (!atomic_compare_exchange_weak(ne, &v, v & ~PTE_INSTALL))
-		;
-	struct remap_pending *done = NULL, *found = NULL;
-	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
-		if (rp->to == ne && !rp->have_to) {
-			rp->have_to = true;
-			rp->to_old = UHMM_STATE_NONE; /* the holder dropped its value */
-			done = remap_ready(h, rp);
-			found = rp;
-			break;
+	for (;;) {
+		struct remap_pending *next = NULL, *done = NULL;
+		bool away = false;
+		pthread_mutex_lock(&h->remap_lock);
+		for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
+			/* The list is newest first: the last match is the oldest. */
+			if (rp->from == e && !rp->have_value)
+				next = rp, away = true;
+			else if (rp->to == e && !rp->have_to)
+				next = rp, away = false;
 		}
+		if (!next) {
+			pthread_mutex_unlock(&h->remap_lock);
+			uint64_t v = atomic_load(e);
+			while (!atomic_compare_exchange_weak(e, &v, v & ~(PTE_REMAP | PTE_INSTALL)))
+				;
+			return false;
+		}
+		PTRACE(REMAP_FINISH, e, 0, away, *cur, 0);
+		if (away) {
+			uint64_t value = *cur;
+			unsigned st = pte_state(value);
+			if (next->discarded && (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)) {
+				/* Discarded before it moved: as page_unlock would. */
+				dpage_put(pte_dpage(value));
+				value = UHMM_STATE_NONE;
+			}
+			next->value = value;
+			next->have_value = true;
+		} else {
+			next->have_to = true;
+			next->to_old = *cur; /* replaced: remap_move drops it */
+		}
+		*cur = UHMM_STATE_NONE;
+		done = remap_ready(h, next);
+		pthread_mutex_unlock(&h->remap_lock);
+		if (!away) {
+			/* Held for that move; when it lands here, page_unlock
+			 * goes on from there. */
+			remap_complete(h, done);
+			return true;
+		}
+		remap_complete(h, done);
 	}
-	pthread_mutex_unlock(&h->remap_lock);
-	if (!found)
-		page_unlock(h, ne, UHMM_STATE_NONE); /* not expected: leave nothing locked */
-	remap_complete(h, done);
 }
 
 static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)

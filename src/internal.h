@@ -135,11 +135,11 @@ int ptable_walk(struct ptable *pt, uintptr_t start, uintptr_t end, ptable_fn fn,
 #define PTE_DISCARD    (1ULL << 5)
 #define PTE_ZERO       (1ULL << 6)
 #define PTE_REMAP      (1ULL << 7) /* mremap moved the page while BUSY: the
-                                      unlocker moves the entry (remap_finish) */
+                                      unlocker moves the entry (remap_release) */
 #define PTE_UNMAPPED   (1ULL << 8) /* with DISCARD: the page was unmapped, not madvised */
 #define PTE_INSTALL    (1ULL << 9) /* mremap moved another page here while BUSY: the
                                       holder's value is stale; the unlocker hands
-                                      the entry to the pending move (remap_take) */
+                                      the entry to the pending move (remap_release) */
 #define PTE_MARKS      (PTE_DISCARD | PTE_REMAP | PTE_UNMAPPED | PTE_INSTALL)
 #define PTE_DPAGE_SHIFT 11
 
@@ -613,13 +613,11 @@ void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_eve
 void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len);
 /* page_unlock of an entry marked PTE_REMAP: move value to its new address. */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
-void remap_take(struct uhmm *h, _Atomic uint64_t *ne);
+/* page_unlock of an entry marked PTE_REMAP or PTE_INSTALL (events.c). */
+bool remap_release(struct uhmm *h, _Atomic uint64_t *e, uint64_t *cur);
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
-bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e);
-/* Does a move from the (busy) entry e still wait for its value? */
-bool remap_pending_from(struct uhmm *h, _Atomic uint64_t *e);
 
 /* Tests only (tests/stress/remap.c): called at the points below with the
  * pages concerned, so that a test can make other threads act exactly

@@ -221,12 +221,54 @@ static void remap_back_and_away(void **state)
 	scene_close(&s);
 }
 
+/*
+ * Away and back twice while held, before the discard: four pending
+ * moves, two from the held entry and two to it.  They must be done in the
+ * order they were made (away, in, away, in).  Before, the second move
+ * here was handed the entry first: the first never completed and the
+ * entries stayed held (a hang, seen in uhmm-stress --mremap-back).
+ */
+static void remap_back_twice(void **state)
+{
+	struct scene s;
+	scene_open(state, &s);
+	char *y = reserve(), *z = reserve();
+	pthread_t t;
+
+	s.act_at = DEBUG_FALLBACK_BEFORE_DISCARD;
+	assert_int_equal(pthread_create(&t, NULL, migrate_thread, &s), 0);
+	while (sem_wait(&s.at))
+		;
+	move_region(s.x, y);
+	move_region(y, s.x);
+	move_region(s.x, z);
+	move_region(z, s.x);
+	struct uhmm_page_info pi[N];
+	int qrc = uhmm_query(s.h, s.x, N, pi);
+	sem_post(&s.go);
+	void *rc;
+	assert_int_equal(pthread_join(t, &rc), 0);
+	assert_int_equal((intptr_t)rc, 0);
+	assert_int_equal(qrc, 0);
+	for (size_t i = 0; i < N; i++)
+		assert_int_equal(pi[i].state, UHMM_STATE_SYSTEM);
+
+	/* Back here before the discard, which took the CPU pages: the
+	 * device copy is the data. */
+	assert_states(s.h, s.x, 0, N, UHMM_STATE_DEVICE, s.a);
+	assert_pages(s.x, 0, N, 7);
+	assert_migrate(s.h, s.x, N * PS(), s.b, N, 0);
+	assert_pages(s.x, 0, N, 7);
+	scene_close(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		TEST_BOTH(remap_back_after_discard),
 		TEST_BOTH(remap_back_after_discard_reused),
 		TEST_BOTH(remap_back_and_away),
+		TEST_BOTH(remap_back_twice),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
