@@ -508,20 +508,28 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 }
 
 /*
- * munmap: forget the range and drop its pages, but for the parts an
- * mremap moved a region into while this event was due (see due_add); an
- * mremap's own UNMAP of its source is applied whole.  (Finding 9 spared
- * instead the parts that a registered mapping covered when the event was
- * handled: right when a REMAP into them had been handled, which the due
- * records now tell exactly, and wrong when it was still queued, whose
- * mapping was then taken for a newer one: its stale registry interval
- * then looked like an UNMAP still due to the next REMAP there.)
+ * munmap: forget the range and drop its pages.  The parts an mremap moved
+ * a region into while this event was due are left alone, and an mremap's
+ * own UNMAP of its source is applied whole (see due_add).  Otherwise,
+ * parts of the range that are mapped and registered now belong to a newer
+ * mapping (finding 9: no registration by uhmm overtakes a queued event,
+ * manage waits for them) and are left alone.
  */
-static void unmap_apply(struct uhmm *h, uintptr_t start, uintptr_t end)
+static void unmap_live(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
-	PTRACE(UNMAP_PART, 0, start, end - start, 0, 0);
-	discard_range(h, start, end, UHMM_EVENT_UNMAP);
-	range_forget(h, start, end);
+	struct vma_info live[16];
+	int n = range_touches(h, start, end) ? vmas_registered(start, end, live, 16) : 0;
+	uintptr_t at = start;
+	for (int i = 0; i <= (n > 0 ? n : 0); i++) {
+		uintptr_t stop = i < n ? live[i].start : end;
+		if (stop > at) {
+			PTRACE(UNMAP_PART, 0, at, stop - at, n, 0);
+			discard_range(h, at, stop, UHMM_EVENT_UNMAP);
+			range_forget(h, at, stop);
+		}
+		if (i < n)
+			at = MAX(at, live[i].end);
+	}
 }
 
 static void unmap_sources(struct uhmm *h, uintptr_t start, uintptr_t end)
@@ -530,11 +538,13 @@ static void unmap_sources(struct uhmm *h, uintptr_t start, uintptr_t end)
 	if (start >= end)
 		return;
 	if (!due_take(h, start, end, false, &os, &oe)) {
-		unmap_apply(h, start, end);
+		unmap_live(h, start, end);
 		return;
 	}
 	unmap_sources(h, start, os);
-	unmap_apply(h, os, oe);
+	PTRACE(UNMAP_PART, 0, os, oe - os, 0x5c1a, 1);
+	discard_range(h, os, oe, UHMM_EVENT_UNMAP);
+	range_forget(h, os, oe);
 	unmap_sources(h, oe, end);
 }
 
