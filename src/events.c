@@ -10,7 +10,6 @@
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 
 struct discard_arg {
@@ -416,70 +415,6 @@ static int reset_dest_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 	}
 }
 
-/*
- * UNMAP events still due.  The kernel queues an munmap's UNMAP after the
- * unmap and after releasing its lock, and an mremap its source's UNMAP
- * only once its REMAP is read: meanwhile another mremap can move a region
- * into the freed addresses and queue its REMAP first.  Handled in queue
- * order, the late UNMAP would drop what was moved in.  Finding 9 left
- * alone the parts that a registered mapping covers when the UNMAP is
- * handled; that fails when the region moved in has moved on again, its
- * REMAP still queued (RELIABILITY.md, finding 18).  So a REMAP notes,
- * before it moves anything, the parts of its destination that an UNMAP is
- * still due for: those our registry still holds (an munmap in flight, or
- * an mremap onto a mapping of ours, whose UNMAP follows its REMAP), and
- * the sources of earlier REMAPs whose own UNMAP has not come.  That UNMAP
- * leaves those parts alone.  A REMAP's source is noted too: its own UNMAP
- * (none with MREMAP_DONTUNMAP) is applied whole, even where a mapping has
- * moved back meanwhile (the REMAP that did it is still queued, and will
- * register it again).  Service thread only.
- */
-static void due_add(struct uhmm *h, uintptr_t start, uintptr_t end, bool skip)
-{
-	if (end <= start)
-		return;
-	if (h->nunmap_due == sizeof(h->unmap_due) / sizeof(h->unmap_due[0])) {
-		/* Full (not expected): the oldest goes (finding 9's rule alone). */
-		memmove(&h->unmap_due[0], &h->unmap_due[1], (h->nunmap_due - 1) * sizeof(h->unmap_due[0]));
-		h->nunmap_due--;
-	}
-	h->unmap_due[h->nunmap_due++] = (struct unmap_due){ start, end, skip };
-	PTRACE(UNMAP_PART, 0, start, end - start, skip ? 0x5c1b : 0x5c1a, 0);
-}
-
-static void unmap_due_remap(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
-{
-	uintptr_t end = to + len;
-	struct range_ent *v = NULL;
-	long n = range_list(h, &v);
-	for (long i = 0; i < n; i++)
-		due_add(h, MAX(to, v[i].start), MIN(end, v[i].end), true);
-	free(v);
-	for (unsigned i = 0, k = h->nunmap_due; i < k; i++)
-		if (!h->unmap_due[i].skip)
-			due_add(h, MAX(to, h->unmap_due[i].start), MIN(end, h->unmap_due[i].end), true);
-	due_add(h, from, from + len, false);
-}
-
-/* The first due record of the kind overlapping [start, end), taken out of
- * the list (its parts outside the interval stay); false if none. */
-static bool due_take(struct uhmm *h, uintptr_t start, uintptr_t end, bool skip, uintptr_t *os,
-                     uintptr_t *oe)
-{
-	for (unsigned i = 0; i < h->nunmap_due; i++) {
-		struct unmap_due d = h->unmap_due[i];
-		if (d.skip != skip || d.end <= start || d.start >= end)
-			continue;
-		*os = MAX(d.start, start);
-		*oe = MIN(d.end, end);
-		h->unmap_due[i] = h->unmap_due[--h->nunmap_due];
-		due_add(h, d.start, *os, skip);
-		due_add(h, *oe, d.end, skip);
-		return true;
-	}
-	return false;
-}
-
 void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 {
 	mirror_invalidate(h, from, from + len, UHMM_EVENT_REMAP, NULL);
@@ -503,19 +438,19 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 	else
 		still = vma_registered(from);
 	PTRACE(EV_REMAP, 0, from, len, to, still | (r == -EAGAIN ? 2 : 0));
-	unmap_due_remap(h, from, to, len);
 	range_move(h, from, to, len, still);
 }
 
 /*
- * munmap: forget the range and drop its pages.  The parts an mremap moved
- * a region into while this event was due are left alone, and an mremap's
- * own UNMAP of its source is applied whole (see due_add).  Otherwise,
- * parts of the range that are mapped and registered now belong to a newer
- * mapping (finding 9: no registration by uhmm overtakes a queued event,
- * manage waits for them) and are left alone.
+ * munmap: forget the range and drop its pages.  The kernel queues the
+ * UNMAP event after the unmap and after releasing its lock, so an mremap
+ * into the freed addresses can queue its REMAP first: handled in queue
+ * order, this UNMAP would then drop the moved range.  Parts of the range
+ * that are mapped and registered now belong to such a newer mapping (no
+ * registration by uhmm overtakes a queued event: manage waits for them)
+ * and are left alone.
  */
-static void unmap_live(struct uhmm *h, uintptr_t start, uintptr_t end)
+void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	struct vma_info live[16];
 	int n = range_touches(h, start, end) ? vmas_registered(start, end, live, 16) : 0;
@@ -530,40 +465,4 @@ static void unmap_live(struct uhmm *h, uintptr_t start, uintptr_t end)
 		if (i < n)
 			at = MAX(at, live[i].end);
 	}
-}
-
-static void unmap_sources(struct uhmm *h, uintptr_t start, uintptr_t end)
-{
-	uintptr_t os, oe;
-	if (start >= end)
-		return;
-	if (!due_take(h, start, end, false, &os, &oe)) {
-		unmap_live(h, start, end);
-		return;
-	}
-	unmap_sources(h, start, os);
-	PTRACE(UNMAP_PART, 0, os, oe - os, 0x5c1a, 1);
-	discard_range(h, os, oe, UHMM_EVENT_UNMAP);
-	range_forget(h, os, oe);
-	unmap_sources(h, oe, end);
-}
-
-void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end)
-{
-	uintptr_t os, oe;
-	if (start >= end)
-		return;
-	if (!due_take(h, start, end, true, &os, &oe)) {
-		unmap_sources(h, start, end);
-		return;
-	}
-	/* Moved in while this event was due: not this event's.  If it was
-	 * an mremap's own UNMAP of its source, that is done with too. */
-	uintptr_t ps, pe;
-	while (due_take(h, os, oe, false, &ps, &pe))
-		;
-	PTRACE(UNMAP_PART, 0, os, oe - os, 0x5c1b, 1);
-	TRACE(TR_EV_UNMAP, os, oe, 1, 0);
-	unmap_range(h, start, os);
-	unmap_range(h, oe, end);
 }

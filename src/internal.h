@@ -489,10 +489,6 @@ struct uhmm {
 	struct ahead ahead;
 	pthread_mutex_t remap_lock;     /* pending moves of busy entries (mremap) */
 	struct remap_pending *remaps;
-	/* UNMAP events still due that must not drop what an mremap moved in
-	 * (events.c, unmap_range); the service thread's only. */
-	struct unmap_due { uintptr_t start, end; bool skip; } unmap_due[32];
-	unsigned nunmap_due;
 	_Atomic uint64_t stats[ST__COUNT];
 	struct uhmm *next_ctx;
 };
