@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -158,100 +159,172 @@ static void remap_complete(struct uhmm *h, struct remap_pending *rp)
 	free(rp);
 }
 
+/* With remap_lock held: the oldest move from e still waiting for its value
+ * (the list is newest first).  mremap can move e's address away, then
+ * another page in, then that page away again while e stays held: the
+ * first move takes the holder's value, the next one the page moved in
+ * (page_unlock keeps PTE_REMAP for it). */
+static struct remap_pending *remap_first_from(struct uhmm *h, _Atomic uint64_t *e)
+{
+	struct remap_pending *first = NULL;
+	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next)
+		if (rp->from == e && !rp->have_value)
+			first = rp;
+	return first;
+}
+
 /* The old entry's value is known (its holder unlocked, or we locked it). */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value)
 {
 	struct remap_pending *done = NULL;
 	PTRACE(REMAP_FINISH, e, 0, 0, value, 0);
 	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
-		if (rp->from == e && !rp->have_value) {
-			unsigned st = pte_state(value);
-			if (rp->discarded && (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)) {
-				/* Discarded before it moved: as page_unlock would. */
-				dpage_put(pte_dpage(value));
-				value = UHMM_STATE_NONE;
-			}
-			rp->value = value;
-			rp->have_value = true;
-			done = remap_ready(h, rp);
-			break;
+	struct remap_pending *rp = remap_first_from(h, e);
+	if (rp) {
+		unsigned st = pte_state(value);
+		if (rp->discarded && (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)) {
+			/* Discarded before it moved: as page_unlock would. */
+			dpage_put(pte_dpage(value));
+			value = UHMM_STATE_NONE;
 		}
+		rp->value = value;
+		rp->have_value = true;
+		done = remap_ready(h, rp);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	remap_complete(h, done);
 }
 
-/* Where a pending move of the (busy) entry e goes; false if none. */
+/*
+ * Where the page of the (busy) entry e ends up once its pending move
+ * lands; false if none.  mremap may move the page on before it lands: the
+ * new address's entry stays held for the move, so a second mremap of that
+ * address (back over e's own address, or anywhere) records a move from it,
+ * made after the first, which takes the value on (see remap_finish).  Such
+ * a chain is followed to its end.  With remap_lock held, the list is newest
+ * first.
+ */
+static struct remap_pending *remap_next_hop(struct uhmm *h, struct remap_pending *rp)
+{
+	struct remap_pending *next = NULL;
+	/* The oldest record from rp's destination made after rp (before it
+	 * in the list). */
+	for (struct remap_pending *q = h->remaps; q && q != rp; q = q->next)
+		if (q->from == rp->to && !q->have_value)
+			next = q;
+	return next;
+}
+
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
 {
 	bool found = false;
 	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp && !found; rp = rp->next) {
-		if (rp->from == e && !rp->have_value) {
-			*to = rp->to_addr;
-			found = true;
-		}
+	struct remap_pending *rp = remap_first_from(h, e);
+	int hops = 0;
+	for (; rp && hops < 64; hops++) {
+		*to = rp->to_addr;
+		found = true;
+		rp = remap_next_hop(h, rp);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
+	if (hops > 1) {
+		TRACE(TR_REMAP_CHAIN, e, *to, hops, 0);
+		if (unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed)))
+			fprintf(stderr, "uhmm: a held page moved by %d pending mremaps: its destination "
+			        "is %#lx\n", hops, (unsigned long)*to);
+	}
 	return found;
-}
-
-/* A busy entry marked both PTE_REMAP and PTE_INSTALL: was its holder's
- * page moved away before another one was moved in? */
-bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e)
-{
-	bool before = false;
-	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
-		if (rp->from == e && !rp->have_value) {
-			before = !rp->after_install;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&h->remap_lock);
-	return before;
 }
 
 /* The value a pending move brings to the (busy) entry ne, if one does:
  * the value known already, or what the source entry holds now (its holder
- * publishes the value when it unlocks).  For uhmm_query. */
+ * publishes the value when it unlocks).  That source entry may itself be
+ * held for an earlier move to it (mremap moved the page on before it
+ * landed there): then the value comes from that move's source, and so on
+ * back (records older than rp follow it in the list).  For uhmm_query. */
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v)
 {
-	bool found = false;
 	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp && !found; rp = rp->next) {
-		if (rp->to == ne) {
-			*v = rp->have_value ? rp->value : atomic_load(rp->from);
-			found = true;
+	struct remap_pending *rp = h->remaps;
+	while (rp && rp->to != ne)
+		rp = rp->next;
+	bool found = rp != NULL;
+	for (int hops = 0; rp && hops < 64; hops++) {
+		if (rp->have_value) {
+			*v = rp->value;
+			break;
 		}
+		*v = atomic_load(rp->from);
+		struct remap_pending *prev = NULL;
+		if (*v & PTE_BUSY)
+			for (prev = rp->next; prev && prev->to != rp->from; prev = prev->next)
+				;
+		rp = prev;
+		if (rp)
+			TRACE(TR_REMAP_CHAIN, ne, 0, hops + 2, 1);
+		if (rp && unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed)))
+			fprintf(stderr, "uhmm: query of a page moved by %d pending mremaps\n", hops + 2);
 	}
 	pthread_mutex_unlock(&h->remap_lock);
 	return found;
 }
 
-/* The new entry's holder gave it up (PTE_INSTALL): it is ours, locked. */
-void remap_take(struct uhmm *h, _Atomic uint64_t *ne)
+/*
+ * The held entry e is let go of, holding *cur.  The moves mremap made from
+ * and to its address while it was held are done in the order they were
+ * made: a move away takes the value here (nothing is left), a move here
+ * replaces it with the page it brings (what was here is dropped).  A move
+ * here whose page has not arrived yet keeps e held: true, and when the
+ * page arrives (remap_complete → remap_move → page_unlock) the rest is
+ * done.  False when no move is left: *cur is what e holds, and its marks
+ * but the ones set since the last move are cleared.
+ */
+bool remap_release(struct uhmm *h, _Atomic uint64_t *e, uint64_t *cur)
 {
-	PTRACE(REMAP_TAKE, ne, 0, 0, 0, 0);
-	uint64_t v = atomic_load(ne);
-	while (!atomic_compare_exchange_weak(ne, &v, v & ~PTE_INSTALL))
-		;
-	struct remap_pending *done = NULL, *found = NULL;
-	pthread_mutex_lock(&h->remap_lock);
-	for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
-		if (rp->to == ne && !rp->have_to) {
-			rp->have_to = true;
-			rp->to_old = UHMM_STATE_NONE; /* the holder dropped its value */
-			done = remap_ready(h, rp);
-			found = rp;
-			break;
+	for (;;) {
+		struct remap_pending *next = NULL, *done = NULL;
+		bool away = false;
+		pthread_mutex_lock(&h->remap_lock);
+		for (struct remap_pending *rp = h->remaps; rp; rp = rp->next) {
+			/* The list is newest first: the last match is the oldest. */
+			if (rp->from == e && !rp->have_value)
+				next = rp, away = true;
+			else if (rp->to == e && !rp->have_to)
+				next = rp, away = false;
 		}
+		if (!next) {
+			pthread_mutex_unlock(&h->remap_lock);
+			uint64_t v = atomic_load(e);
+			while (!atomic_compare_exchange_weak(e, &v, v & ~(PTE_REMAP | PTE_INSTALL)))
+				;
+			return false;
+		}
+		PTRACE(REMAP_FINISH, e, 0, away, *cur, 0);
+		if (away) {
+			uint64_t value = *cur;
+			unsigned st = pte_state(value);
+			if (next->discarded && (st == UHMM_STATE_DEVICE || st == UHMM_STATE_DEVICE_COHERENT)) {
+				/* Discarded before it moved: as page_unlock would. */
+				dpage_put(pte_dpage(value));
+				value = UHMM_STATE_NONE;
+			}
+			next->value = value;
+			next->have_value = true;
+		} else {
+			next->have_to = true;
+			next->to_old = *cur; /* replaced: remap_move drops it */
+		}
+		*cur = UHMM_STATE_NONE;
+		done = remap_ready(h, next);
+		pthread_mutex_unlock(&h->remap_lock);
+		if (!away) {
+			/* Held for that move; when it lands here, page_unlock
+			 * goes on from there. */
+			remap_complete(h, done);
+			return true;
+		}
+		remap_complete(h, done);
 	}
-	pthread_mutex_unlock(&h->remap_lock);
-	if (!found)
-		page_unlock(h, ne, UHMM_STATE_NONE); /* not expected: leave nothing locked */
-	remap_complete(h, done);
 }
 
 static int remap_one(uintptr_t addr, _Atomic uint64_t *e, void *arg)

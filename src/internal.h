@@ -73,7 +73,7 @@ enum {
 	TR_LOCK = 1, TR_UNLOCK, TR_MOVE, TR_COPY, TR_ZERO, TR_WP, TR_MADV, TR_PREAD, TR_PWRITE,
 	TR_EV_REMOVE, TR_EV_UNMAP, TR_EV_REMAP, TR_DP_ALLOC, TR_DP_PUT, TR_DP_FREE, TR_DP_VA,
 	TR_REG, TR_UNREG, TR_RANGE_ADD, TR_RANGE_REMOVE, TR_FORK, TR_DEVMEM_ADD,
-	TR_DEVMEM_DESTROY, TR_SCAN, TR_DRAIN, TR_SIGBUS, TR_MOVE_UNREPORTED,
+	TR_DEVMEM_DESTROY, TR_SCAN, TR_DRAIN, TR_SIGBUS, TR_MOVE_UNREPORTED, TR_REMAP_CHAIN,
 };
 extern _Atomic int g_trace_on;
 void trace_init(void);
@@ -150,11 +150,11 @@ int ptable_walk(struct ptable *pt, uintptr_t start, uintptr_t end, ptable_fn fn,
 #define PTE_DISCARD    (1ULL << 5)
 #define PTE_ZERO       (1ULL << 6)
 #define PTE_REMAP      (1ULL << 7) /* mremap moved the page while BUSY: the
-                                      unlocker moves the entry (remap_finish) */
+                                      unlocker moves the entry (remap_release) */
 #define PTE_UNMAPPED   (1ULL << 8) /* with DISCARD: the page was unmapped, not madvised */
 #define PTE_INSTALL    (1ULL << 9) /* mremap moved another page here while BUSY: the
                                       holder's value is stale; the unlocker hands
-                                      the entry to the pending move (remap_take) */
+                                      the entry to the pending move (remap_release) */
 #define PTE_MARKS      (PTE_DISCARD | PTE_REMAP | PTE_UNMAPPED | PTE_INSTALL)
 #define PTE_DPAGE_SHIFT 11
 
@@ -659,11 +659,27 @@ void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_eve
 void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len);
 /* page_unlock of an entry marked PTE_REMAP: move value to its new address. */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
-void remap_take(struct uhmm *h, _Atomic uint64_t *ne);
+/* page_unlock of an entry marked PTE_REMAP or PTE_INSTALL (events.c). */
+bool remap_release(struct uhmm *h, _Atomic uint64_t *e, uint64_t *cur);
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
-bool remap_before_install(struct uhmm *h, _Atomic uint64_t *e);
+
+/* Tests only (tests/stress/remap.c): called at the points below with the
+ * pages concerned, so that a test can make other threads act exactly
+ * there.  NULL outside such tests: one relaxed load each. */
+enum {
+	DEBUG_FALLBACK_BEFORE_DISCARD, /* copy fallback, out of the gate, page locks held */
+	DEBUG_FALLBACK_AFTER_DISCARD,
+};
+extern void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);
+#define DEBUG_HOOK(point, addr, len)                                                       \
+	do {                                                                               \
+		void (*hook_)(int, uintptr_t, size_t) =                                    \
+			atomic_load_explicit(&debug_hook, memory_order_relaxed);          \
+		if (__builtin_expect(hook_ != NULL, 0))                                    \
+			hook_((point), (addr), (len));                                     \
+	} while (0)
 
 /* Contexts of this process (for fork handling). */
 void contexts_lock(void);

@@ -28,6 +28,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);
+
 static bool dev_failing(const struct uhmm_device *d)
 {
 	return atomic_load(&((struct uhmm_device *)d)->fail) & (UHMM_DUMMY_FAIL_COPY | UHMM_DUMMY_LOST);
@@ -437,7 +439,9 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	 * CPU copy lives on, write-protected, at its new address, or is
 	 * gone): that page stays in system memory. */
 	unsigned depth = gate_pause(h);
+	DEBUG_HOOK(DEBUG_FALLBACK_BEFORE_DISCARD, a, len);
 	self_discard(h, a, len);
+	DEBUG_HOOK(DEBUG_FALLBACK_AFTER_DISCARD, a, len);
 	gate_resume(h, depth);
 	/* Which of the two happened is told by the marks an mremap or munmap
 	 * leaves on our entries, and its event may not be read yet: an
@@ -469,7 +473,9 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		/* Moved before our discard (its CPU page lives on at the new
 		 * address: it stays in system memory) or after it (the page is
 		 * gone there: our copy on the device is its data).  The new
-		 * address's entry is held for the move: nothing fills it.
+		 * address's entry is held for the move: nothing fills it.  The
+		 * new address is where the page ends up: mremap may have moved
+		 * it again meanwhile, even back here (remap_dest).
 		 * Marks set after PTE_REMAP are about the old address (an
 		 * mremap's own UNMAP of its source follows its REMAP): an
 		 * UNMAPPED there says nothing about this page. */

@@ -204,32 +204,15 @@ void page_unlock(struct uhmm *h, _Atomic uint64_t *e, uint64_t newval)
 	struct uhmm_dpage *drop = NULL;
 	newval &= ~(PTE_BUSY | PTE_WAITERS | PTE_MARKS);
 	TRACE(TR_UNLOCK, e, 1, v, newval);
-	if (v & PTE_INSTALL) {
-		/* mremap put other memory at this address while we held it,
-		 * and the entry stays locked for the pending move
-		 * (remap_take).  If an mremap had moved our page away first
-		 * (PTE_REMAP set before PTE_INSTALL), our value goes with it;
-		 * otherwise it described what was here before (gone), and a
-		 * later move away (PTE_REMAP after PTE_INSTALL) takes the page
-		 * moved in, when it lands here. */
-		if ((v & PTE_REMAP) && remap_before_install(h, e)) {
-			remap_finish(h, e, newval);
-			v = atomic_load(e);
-			while (!atomic_compare_exchange_weak(e, &v, v & ~PTE_REMAP))
-				;
-		} else if (pte_state(newval) == UHMM_STATE_DEVICE ||
-		           pte_state(newval) == UHMM_STATE_DEVICE_COHERENT) {
-			dpage_put(pte_dpage(newval));
-		}
-		remap_take(h, e);
-		return;
-	}
-	if (v & PTE_REMAP) {
-		/* mremap moved this page while we held it: the value belongs
-		 * at the new address (the record applies a discard that came
-		 * before the move; marks after it are about this address). */
-		remap_finish(h, e, newval);
-		newval = UHMM_STATE_NONE;
+	if (v & (PTE_REMAP | PTE_INSTALL)) {
+		/* mremap moved this page away, or another page here, while we
+		 * held it (maybe several times): the pending moves take and
+		 * bring values in the order they were made (remap_release).
+		 * The entry stays held while a page is still on its way here;
+		 * otherwise newval is what is left here, and the marks set
+		 * since the last move apply to it. */
+		if (remap_release(h, e, &newval))
+			return;
 		v = atomic_load(e);
 	}
 	for (;;) {

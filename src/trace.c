@@ -78,6 +78,7 @@ static const char *const kind_name[] = {
 	[TR_RANGE_ADD] = "range-add", [TR_RANGE_REMOVE] = "range-remove", [TR_FORK] = "fork",
 	[TR_DEVMEM_ADD] = "devmem-add", [TR_DEVMEM_DESTROY] = "devmem-destroy",
 	[TR_SCAN] = "scan-present", [TR_DRAIN] = "drain-slot", [TR_SIGBUS] = "sigbus", [TR_MOVE_UNREPORTED] = "move-unreported",
+	[TR_REMAP_CHAIN] = "remap-chain",
 };
 
 static bool is_dev(uint64_t v)

@@ -77,6 +77,10 @@ static unsigned opt_threads = 4;
 static size_t opt_size = 1u << 20; /* bytes of memory per thread */
 static enum uhmm_fault_mode opt_mode = UHMM_FAULT_AUTO;
 static bool opt_no_move;
+static bool opt_mremap_back;        /* mremap: away and straight back over the first address */
+static unsigned opt_fallback_delay; /* µs: the copy fallback's window, widened */
+/* The library's test hook (src/internal.h; linked statically). */
+extern void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);
 static bool opt_verbose;
 
 /* ---- global state ---- */
@@ -221,10 +225,11 @@ static void fail(struct worker *w, const void *addr, const char *fmt, ...)
 		fprintf(stderr, "uhmm-stress: previous operation of this thread: %s\n", w->prevop);
 	}
 	fprintf(stderr, "uhmm-stress: replay with: uhmm-stress --seed %" PRIu64
-	        " --threads %u --ops %lu --size %zu --mode %s%s\n",
+	        " --threads %u --ops %lu --size %zu --mode %s%s%s --fallback-delay %u\n",
 	        opt_seed, opt_threads, opt_ops, opt_size,
 	        opt_mode == UHMM_FAULT_THREAD ? "thread" : opt_mode == UHMM_FAULT_SIGBUS ? "sigbus" : "auto",
-	        opt_no_move ? " --no-move" : "");
+	        opt_no_move ? " --no-move" : "", opt_mremap_back ? " --mremap-back" : "",
+	        opt_fallback_delay);
 	fflush(stderr);
 	_exit(1);
 }
@@ -636,6 +641,25 @@ static void op_mremap(struct worker *w, struct region *r)
 			fail(w, r->base, "mremap: %s", strerror(e));
 		return;
 	}
+	/* Back over the address just freed, before the first move's events
+	 * are handled (mremap returns once they are read), unless another
+	 * thread's mapping took it meanwhile (never replace that). */
+	void *back = opt_mremap_back ? mmap(r->base, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS |
+	                                    MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0)
+	                             : MAP_FAILED;
+	if (back != MAP_FAILED && back != r->base) {
+		munmap(back, len); /* a kernel without MAP_FIXED_NOREPLACE: a hint */
+		back = MAP_FAILED;
+	}
+	if (back != MAP_FAILED) {
+		NOTE(APP_MREMAP, np, len, back, 0);
+		void *bp = mremap(np, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, back);
+		NOTE(APP_MREMAP, np, len, back, 1);
+		if (bp == MAP_FAILED)
+			fail(w, np, "mremap back: %s", strerror(errno));
+		np = bp;
+		atomic_fetch_add(&mremaps, 1);
+	}
 	r->base = np;
 	publish(r);
 	atomic_fetch_add(&mremaps, 1);
@@ -993,6 +1017,14 @@ static void trace_sigbus(int sig, siginfo_t *si, void *uc)
 }
 #endif
 
+/* --fallback-delay: the owner's mremap, munmap and madvise get time to land
+ * in the copy fallback's window (RELIABILITY.md, finding 26). */
+static void fallback_delay(int point, uintptr_t addr, size_t len)
+{
+	(void)point, (void)addr, (void)len;
+	usleep(opt_fallback_delay);
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -1001,6 +1033,10 @@ static void usage(void)
 	        "                   [--stream-weight W (whole-region sequential reads, default 0)]\n"
 	        "                   [--skip OP[,OP...]] (e.g. --skip mremap,madvise)\n"
 	        "                   [--watchdog SECONDS (0 = off, default 60)] [-v]\n"
+	        "                   [--mremap-back (each mremap moves the region away and back\n"
+	        "                    over its first address)]\n"
+	        "                   [--fallback-delay US (the copy fallback sleeps US µs before\n"
+	        "                    and after its discard, out of the gate: widens that window)]\n"
 	        "  --ops N      operations in all (default 100000), split over the threads\n"
 	        "  --size B     bytes of memory each thread owns (default 1 MiB, in %d regions)\n",
 	        REGIONS);
@@ -1056,6 +1092,10 @@ int main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(a, "--skip") && v) {
 			skip = v, i++; /* comma-separated operation names never chosen */
+		} else if (!strcmp(a, "--fallback-delay") && v) {
+			opt_fallback_delay = (unsigned)strtoul(v, NULL, 0), i++;
+		} else if (!strcmp(a, "--mremap-back")) {
+			opt_mremap_back = true;
 		} else if (!strcmp(a, "--no-move")) {
 			opt_no_move = true;
 		} else if (!strcmp(a, "-v")) {
@@ -1094,6 +1134,8 @@ int main(int argc, char **argv)
 	sa.sa_flags = SA_SIGINFO;
 	sigaction(SIGBUS, &sa, NULL);
 #endif
+	if (opt_fallback_delay)
+		atomic_store(&debug_hook, fallback_delay);
 	struct uhmm_options uo;
 	memset(&uo, 0, sizeof(uo));
 	uo.fault_mode = opt_mode;
