@@ -1,8 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Delay points (UHMM_DEBUG_DELAY, read at uhmm_open): a debugging and test
- * aid that holds a thread for a while at a named point, so that a race
- * between two paths can be made to happen every time instead of by luck.
+ * Interleaving points: debugging and test aids that hold a thread at a
+ * named point, so that a race between two paths can be made to happen
+ * every time instead of by luck.  Two kinds, one rule (off, a point costs
+ * one relaxed load):
+ *
+ *  - DELAY(point): UHMM_DEBUG_DELAY, read at uhmm_open, sleeps there; works
+ *    in any build, from the environment.
+ *  - DEBUG_HOOK(point, addr, len): a callback that a test linked with the
+ *    library's objects installs in debug_hook (internal.h lists the
+ *    points), to make another thread act exactly there.
  *
  *   UHMM_DEBUG_DELAY=release:200000,alloc:50000   (microseconds)
  *
@@ -55,3 +62,5 @@ void delay_at_(unsigned point)
 	while (nanosleep(&ts, &ts))
 		;
 }
+
+void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);

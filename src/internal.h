@@ -665,7 +665,8 @@ void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
 
-/* Tests only (tests/stress/remap.c): called at the points below with the
+/* Tests only (tests/stress/remap.c; delay.c has the rule of interleaving
+ * points): called at the points below with the
  * pages concerned, so that a test can make other threads act exactly
  * there.  NULL outside such tests: one relaxed load each. */
 enum {

@@ -28,8 +28,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);
-
 static bool dev_failing(const struct uhmm_device *d)
 {
 	return atomic_load(&((struct uhmm_device *)d)->fail) & (UHMM_DUMMY_FAIL_COPY | UHMM_DUMMY_LOST);
