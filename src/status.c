@@ -84,7 +84,10 @@ static void snapshot(struct uhmm *h, struct uhmm_status *s)
 		pthread_mutex_lock(&d->lock);
 		for (struct uhmm_devmem *m = d->mems; m; m = m->next) {
 			o->nblocks++;
-			o->used_pages += atomic_load(&m->used);
+			size_t u = atomic_load(&m->used);
+			o->used_pages += u;
+			if (devmem_coherent(m) || devmem_persistent(m))
+				o->coherent_pages += u;
 			o->capacity_pages += m->npages;
 		}
 		pthread_mutex_unlock(&d->lock);

@@ -49,6 +49,8 @@ struct uhmm_status_dev {
 	uint32_t slot;
 	uint32_t nblocks;
 	uint64_t used_pages;      /* device pages holding data (all blocks) */
+	uint64_t coherent_pages;  /* of which in blocks the CPU addresses in place
+	                             (coherent or persistent) */
 	uint64_t capacity_pages;  /* pages of the blocks it has now */
 	uint64_t max_pages;       /* growth limit (0: no growth) */
 };

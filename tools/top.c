@@ -30,6 +30,7 @@
 
 #define SHM_DIR "/dev/shm"
 #define MAX_CTX 64
+#define MIN_U64(a, b) ((a) < (b) ? (a) : (b))
 
 static const char *const counter_names[UHMM_STATUS__COUNT] = {
 	"cpu_faults", "pages_to_device", "pages_to_system", "device_faults", "invalidations",
@@ -200,8 +201,9 @@ static void print_json(const struct view *v, int n)
 				if (isprint((unsigned char)*c) && *c != '"' && *c != '\\')
 					putchar(*c);
 			printf("\", \"slot\": %u, \"blocks\": %u, \"used_pages\": %llu, "
-			       "\"capacity_pages\": %llu, \"max_pages\": %llu }",
+			       "\"coherent_pages\": %llu, \"capacity_pages\": %llu, \"max_pages\": %llu }",
 			       o->slot, o->nblocks, (unsigned long long)o->used_pages,
+			       (unsigned long long)o->coherent_pages,
 			       (unsigned long long)o->capacity_pages, (unsigned long long)o->max_pages);
 		}
 		printf("%s],\n      \"ranges_total\": %u,\n      \"ranges\": [", s->ndevices ? "\n      " : "",
@@ -233,11 +235,11 @@ static void print_text(const struct view *v, int n)
 		for (uint32_t d = 0; d < s->ndevices; d++) {
 			const struct uhmm_status_dev *o = &s->dev[d];
 			char u[32], c[32];
-			printf("  device %s: %s used of %s (%llu/%llu pages, %u blocks)\n", o->name,
-			       cli_fmt_bytes(u, sizeof(u), o->used_pages * 4096),
+			printf("  device %s: %s used of %s (%llu/%llu pages, %llu coherent, %u blocks)\n",
+			       o->name, cli_fmt_bytes(u, sizeof(u), o->used_pages * 4096),
 			       cli_fmt_bytes(c, sizeof(c), o->capacity_pages * 4096),
 			       (unsigned long long)o->used_pages, (unsigned long long)o->capacity_pages,
-			       o->nblocks);
+			       (unsigned long long)o->coherent_pages, o->nblocks);
 		}
 		for (uint32_t r = 0; r < s->nranges; r++) {
 			const struct uhmm_status_range *g = &s->range[r];
@@ -378,11 +380,15 @@ static void draw(const struct view *v, int n, struct prev *prev, int *nprev)
 			uint64_t pages[UHMM_STATUS_NSTATES] = { 0 };
 			pages[UHMM_STATE_NONE] = o->capacity_pages > o->used_pages
 			                                 ? o->capacity_pages - o->used_pages : 0;
-			pages[UHMM_STATE_DEVICE] = o->used_pages;
+			pages[UHMM_STATE_DEVICE_COHERENT] = o->coherent_pages;
+			pages[UHMM_STATE_DEVICE] = o->used_pages - MIN_U64(o->coherent_pages, o->used_pages);
 			printf("  device %-12s ", o->name);
 			print_bar(pages);
-			printf(" %s / %s\n", cli_fmt_bytes(u, sizeof(u), o->used_pages * 4096),
+			printf(" %s / %s", cli_fmt_bytes(u, sizeof(u), o->used_pages * 4096),
 			       cli_fmt_bytes(c, sizeof(c), o->capacity_pages * 4096));
+			if (o->max_pages)
+				printf(" (grows to %s)", cli_fmt_bytes(c, sizeof(c), o->max_pages * 4096));
+			putchar('\n');
 		}
 		for (uint32_t r = 0; r < s->nranges; r++) {
 			const struct uhmm_status_range *g = &s->range[r];
