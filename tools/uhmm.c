@@ -80,8 +80,9 @@ static const struct cli_cmd commands[] = {
 	  "memory used and present, and each managed range's pages per state\n"
 	  "(none, system, device, coherent, poisoned), read from the status\n"
 	  "segment the library publishes in /dev/shm (see docs/USAGE.md; a\n"
-	  "process started with UHMM_NO_STATUS=1 publishes none).  Segments\n"
-	  "of processes that died are removed.\n"
+	  "process started with UHMM_NO_STATUS=1, or whose context was opened\n"
+	  "with UHMM_OPT_NO_STATUS, publishes none).  Segments of processes\n"
+	  "that died are removed.\n"
 	  "  -j, --json   the same as one JSON object on standard output\n"
 	  "Exits 1 if PID was given and has no context.\n" },
 	{ "top", cmd_top, "[PID] [--interval S] [--iterations N]",
