@@ -80,8 +80,8 @@ static void snapshot(struct uhmm *h, struct uhmm_status *s)
 		memcpy(o->name, d->name, sizeof(o->name));
 		o->name[sizeof(o->name) - 1] = '\0';
 		o->slot = (uint32_t)i;
-		o->max_pages = d->grow_chunk ? d->capacity >> PAGE_SHIFT : 0;
 		pthread_mutex_lock(&d->lock);
+		o->max_pages = d->grow_chunk ? d->capacity >> PAGE_SHIFT : 0;
 		for (struct uhmm_devmem *m = d->mems; m; m = m->next) {
 			o->nblocks++;
 			size_t u = atomic_load(&m->used);

@@ -104,6 +104,14 @@ ls /dev/shm/uhmm."$dead".* >/dev/null 2>&1 || fail "no segment left by the kille
 ls /dev/shm/uhmm."$dead".* >/dev/null 2>&1 && fail "stale segment not removed"
 echo "stale: removed"
 
+# A segment named after a live process that does not map it (its pid was
+# reused): removed too.
+fake=/dev/shm/uhmm.$$.4242
+: >"$fake"
+"$uhmm" stat $$ >/dev/null && fail "stat of a process without a context succeeded"
+[ -e "$fake" ] && { rm -f "$fake"; fail "segment of a reused pid not removed"; }
+echo "reused pid: removed"
+
 start_hold UHMM_NO_STATUS=1
 ls /dev/shm/uhmm."$pid".* >/dev/null 2>&1 && fail "UHMM_NO_STATUS=1 published a segment"
 stop_hold

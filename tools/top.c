@@ -138,8 +138,29 @@ static int cmp_names(const void *a, const void *b)
 	return pa != pb ? (pa < pb ? -1 : 1) : sa < sb ? -1 : sa > sb;
 }
 
+/* Is the process alive but without name mapped (it reused the pid of the
+ * one that left the segment)?  False where its maps cannot be read. */
+static bool maps_lack(unsigned long pid, const char *name)
+{
+	char path[64], line[PATH_MAX + 128], want[PATH_MAX];
+	snprintf(path, sizeof(path), "/proc/%lu/maps", pid);
+	snprintf(want, sizeof(want), SHM_DIR "/%s\n", name);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return false;
+	bool found = false, any = false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		any = true;
+		size_t n = strlen(line), w = strlen(want);
+		found = n >= w && strcmp(line + n - w, want) == 0;
+	}
+	fclose(f);
+	return any && !found;
+}
+
 /* The segments of pid (0: every process), sorted; stale ones (their
- * process is gone) removed on the way, best effort. */
+ * process is gone, or its pid now belongs to a process that does not map
+ * them) removed on the way, best effort. */
 static int collect(long pid, struct view *views, int max)
 {
 	DIR *dir = opendir(SHM_DIR);
@@ -155,7 +176,7 @@ static int collect(long pid, struct view *views, int max)
 			continue;
 		if (pid && (long)p != pid)
 			continue;
-		if (kill((pid_t)p, 0) && errno == ESRCH) {
+		if ((kill((pid_t)p, 0) && errno == ESRCH) || maps_lack(p, de->d_name)) {
 			char path[PATH_MAX];
 			snprintf(path, sizeof(path), SHM_DIR "/%s", de->d_name);
 			unlink(path);
