@@ -91,6 +91,28 @@ grep -qE '^  range .*\[s?D{30,}s?\.*\] s 1 D 1023 C 0 X 0' <<<"$top" || { echo "
 grep -q "migrations/s" <<<"$top" || { echo "$top"; fail "top lacks the rates"; }
 echo "top: ok"
 
+# q quits (no --iterations): top reads keys from its terminal.
+python3 - "$uhmm" "$pid" <<'PY' || fail "uhmm top did not quit on q"
+import os, pty, select, signal, sys
+uhmm, pid = sys.argv[1:3]
+child, fd = pty.fork()
+if child == 0:
+    os.execv(uhmm, [uhmm, "top", pid, "--interval", "0.2"])
+buf = b""
+while b"uhmm top" not in buf:          # drawn once: the terminal is set up
+    buf += os.read(fd, 65536)
+os.write(fd, b"q")
+signal.alarm(30)                       # a hang fails, it does not block the suite
+try:
+    while os.read(fd, 65536):
+        pass
+except OSError:
+    pass
+_, st = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(st))
+PY
+echo "top: q quits"
+
 stop_hold
 ls /dev/shm/uhmm."$pid".* >/dev/null 2>&1 && fail "segment left after uhmm_close"
 echo "close: segment removed"
