@@ -67,6 +67,12 @@ enum uhmm_fault_mode { UHMM_FAULT_AUTO = 0, UHMM_FAULT_THREAD, UHMM_FAULT_SIGBUS
 
 /* Flags for uhmm_options.flags. */
 #define UHMM_OPT_NO_MOVE (1u << 0) /* never use UFFDIO_MOVE: copy + unmap fallback (env UHMM_NO_MOVE=1) */
+/* Publish no live-status segment (/dev/shm/uhmm.<pid>.<n>, read by
+ * `uhmm stat` and `uhmm top`; env UHMM_NO_STATUS=1).  The segment, mode
+ * 0600, holds the context's counters, and on a reader's request its
+ * devices and the pages per state of each range; it is removed by
+ * uhmm_close.  Without it (also where shm_open fails) nothing else changes. */
+#define UHMM_OPT_NO_STATUS (1u << 1)
 
 struct uhmm_options {
 	enum uhmm_fault_mode fault_mode; /* AUTO picks the fastest that works here */

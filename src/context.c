@@ -87,7 +87,7 @@ static int resolve_options(const struct uhmm_options *o, struct uhmm_options *ou
 	memset(out, 0, sizeof(*out));
 	if (o)
 		*out = *o;
-	if (out->fault_mode > UHMM_FAULT_SIGBUS || (out->flags & ~UHMM_OPT_NO_MOVE))
+	if (out->fault_mode > UHMM_FAULT_SIGBUS || (out->flags & ~(UHMM_OPT_NO_MOVE | UHMM_OPT_NO_STATUS)))
 		return -EINVAL;
 	if (out->fault_mode == UHMM_FAULT_AUTO) {
 		const char *m = getenv("UHMM_FAULT_MODE");
@@ -183,6 +183,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	pthread_mutex_init(&h->selfremove_mu, NULL);
 	pthread_mutex_init(&h->remap_lock, NULL);
 	pthread_mutex_init(&h->grow_mu, NULL);
+	status_open(h, &o); /* before any thread that counts */
 
 	if (h->mode == UHMM_FAULT_SIGBUS && (r = sigbus_acquire()))
 		goto fail_tables;
@@ -206,6 +207,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	*out = h;
 	return 0;
 fail_tables:
+	status_close(h);
 	ptable_destroy(&h->pt);
 fail:
 	close(h->uffd);
@@ -243,6 +245,9 @@ UHMM_API int uhmm_close(struct uhmm *h)
 		sigbus_track_fd(h->uffd, false);
 		sigbus_release();
 	}
+	/* Once nothing counts any more (the counters live in the segment),
+	 * and before the page table its thread walks goes. */
+	status_close(h);
 	contexts_lock();
 	for (struct uhmm **pp = &g_contexts; *pp; pp = &(*pp)->next_ctx) {
 		if (*pp == h) {

@@ -534,7 +534,15 @@ struct uhmm {
 	_Atomic uint64_t grow_req, grow_done;
 	pthread_mutex_t remap_lock;     /* pending moves of busy entries (mremap) */
 	struct remap_pending *remaps;
-	_Atomic uint64_t stats[ST__COUNT];
+	/* The counters: in the live-status segment when there is one (the
+	 * same adds, where `uhmm top` reads them), else stats_local. */
+	_Atomic uint64_t *stats;
+	_Atomic uint64_t stats_local[ST__COUNT];
+	struct uhmm_status *status;     /* status.c; NULL: none */
+	char status_name[64];
+	pthread_t status_tid;
+	bool status_running;
+	_Atomic bool status_stop;
 	struct uhmm *next_ctx;
 };
 
@@ -542,6 +550,12 @@ static inline void stat_add(struct uhmm *h, int i, uint64_t n)
 {
 	atomic_fetch_add_explicit(&h->stats[i], n, memory_order_relaxed);
 }
+
+/* The live-status segment (status.c, status.h).  status_open sets
+ * h->stats (always); status_close before the page table and devices go. */
+struct uhmm_options;
+void status_open(struct uhmm *h, const struct uhmm_options *o);
+void status_close(struct uhmm *h);
 
 /* Staging buffers of BATCH_PAGES pages (signal-safe). */
 char *staging_get(struct uhmm *h, int *slot);

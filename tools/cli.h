@@ -19,6 +19,8 @@
 int cmd_info(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_stat(int argc, char **argv);
+int cmd_top(int argc, char **argv);
 
 /* Print the full help of one subcommand (synopsis and description). */
 void cli_help(FILE *f, const char *cmd);

@@ -73,6 +73,27 @@ static const struct cli_cmd commands[] = {
 	  "  -j, --json FILE  also write the results as JSON (bench/plot.sh plots it)\n"
 	  "  -q, --quick      smoke run: 16 MiB, 3 repetitions (a few seconds)\n"
 	  "  -l, --list       list the cases\n" },
+	{ "stat", cmd_stat, "[PID] [--json]",
+	  "one snapshot of the uhmm contexts of PID, or of every process",
+	  "Print, for every uhmm context of process PID (default: of every\n"
+	  "process of this user), its counters, its devices with the device\n"
+	  "memory used and present, and each managed range's pages per state\n"
+	  "(none, system, device, coherent, poisoned), read from the status\n"
+	  "segment the library publishes in /dev/shm (see docs/USAGE.md; a\n"
+	  "process started with UHMM_NO_STATUS=1, or whose context was opened\n"
+	  "with UHMM_OPT_NO_STATUS, publishes none).  Segments of processes\n"
+	  "that died are removed.\n"
+	  "  -j, --json   the same as one JSON object on standard output\n"
+	  "Exits 1 if PID was given and has no context.\n" },
+	{ "top", cmd_top, "[PID] [--interval S] [--iterations N]",
+	  "live view of the uhmm contexts of PID, or of every process",
+	  "Like 'uhmm stat', redrawn in the terminal every S seconds: device\n"
+	  "memory used per device and pages per state of each range as bars\n"
+	  "(s system, D device, C coherent, X poisoned, . none), and the\n"
+	  "rates of migrations, CPU and device faults and invalidations per\n"
+	  "second since the last refresh.  q or Ctrl-C quits.\n"
+	  "  -d, --interval S     seconds between refreshes (default 1)\n"
+	  "  -n, --iterations N   stop after N refreshes\n" },
 	{ "help", cmd_help, "[COMMAND]", "show this help, or the help of COMMAND",
 	  "Show the list of commands, or the full help of COMMAND.\n" },
 };
@@ -108,7 +129,7 @@ static void print_overview(FILE *f)
 	        "Run 'uhmm help COMMAND' or 'uhmm COMMAND --help' for details,\n"
 	        "'uhmm --version' for the version.\n"
 	        "Environment: UHMM_FAULT_MODE, UHMM_FAULT_AROUND, UHMM_NO_MOVE, UHMM_SPIN_US,\n"
-	        "UHMM_FAULT_AHEAD, UHMM_CUDA_LIBRARY (see README.md and uhmm(1)).\n");
+	        "UHMM_FAULT_AHEAD, UHMM_CUDA_LIBRARY, UHMM_NO_STATUS (see README.md and uhmm(1)).\n");
 }
 
 void cli_help(FILE *f, const char *cmd)

@@ -546,9 +546,13 @@ UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *
 		return r;
 	}
 	dm->dev = d;
+	/* Under d->lock: the device is published, and the status thread
+	 * (status.c) reads these under it. */
+	pthread_mutex_lock(&d->lock);
 	d->capacity = cap;
 	d->grow_chunk = persistent ? 0 : UHMM_DUMMY_CHUNK;
 	d->grow_flags = flags;
+	pthread_mutex_unlock(&d->lock);
 	d->backend = dm;
 	if (persistent || path) {
 		struct uhmm_devmem *m;
