@@ -50,6 +50,14 @@
 #include "../internal.h"
 #include "uhmm_cuda.h"
 
+/* Sized structs of uhmm_cuda.h (see sized_check in internal.h). */
+#define CUDA_OPTIONS_V1    offsetofend(struct uhmm_cuda_options, flags)
+#define CUDA_OPTIONS_KNOWN offsetofend(struct uhmm_cuda_options, flags)
+#define CUDA_INFO_V1       offsetofend(struct uhmm_cuda_info, reason)
+#define CUDA_INFO_KNOWN    offsetofend(struct uhmm_cuda_info, reason)
+#define CUDA_STATS_V1      offsetofend(struct uhmm_cuda_stats, alloc_failures)
+#define CUDA_STATS_KNOWN   offsetofend(struct uhmm_cuda_stats, alloc_failures)
+
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,10 +321,8 @@ out:
 	return g_load_rc;
 }
 
-UHMM_API int uhmm_cuda_available(struct uhmm_cuda_info *out)
+static int cuda_info_fill(struct uhmm_cuda_info *out)
 {
-	if (!out)
-		return -EINVAL;
 	memset(out, 0, sizeof(*out));
 	int rc = cuda_load();
 	scopy(out->library, sizeof(out->library), g_lib_name, NULL, NULL);
@@ -345,6 +351,21 @@ UHMM_API int uhmm_cuda_available(struct uhmm_cuda_info *out)
 		D.cuDeviceGetAttribute(&di->vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
 	}
 	return 0;
+}
+
+UHMM_API int uhmm_cuda_available(struct uhmm_cuda_info *out)
+{
+	if (!out)
+		return -EINVAL;
+	long n = sized_check(out, CUDA_INFO_V1, CUDA_INFO_KNOWN);
+	if (n < 0)
+		return (int)n;
+	/* Filled whole here, then only the caller's part copied out. */
+	struct uhmm_cuda_info ci;
+	int rc = cuda_info_fill(&ci);
+	ci.sz = out->sz;
+	memcpy(out, &ci, (size_t)n);
+	return rc;
 }
 
 UHMM_API void *uhmm_cuda_driver_symbol(const char *name)
@@ -1270,14 +1291,19 @@ UHMM_API int uhmm_cuda_stats_get(struct uhmm_device *d, struct uhmm_cuda_stats *
 	struct cuda_dev *b = cuda_of(d);
 	if (!b || !out)
 		return -EINVAL;
-	out->capacity = (uint64_t)b->npages * PAGE_SIZE;
-	out->physical = atomic_load(&b->physical);
-	out->bytes_to_device = atomic_load(&b->bytes_to);
-	out->bytes_to_host = atomic_load(&b->bytes_from);
-	out->pages_compacted = atomic_load(&b->compacted);
-	out->granules_mapped = atomic_load(&b->mapped);
-	out->granules_unmapped = atomic_load(&b->unmapped);
-	out->alloc_failures = atomic_load(&b->alloc_failures);
+	long n = sized_check(out, CUDA_STATS_V1, CUDA_STATS_KNOWN);
+	if (n < 0)
+		return (int)n;
+	struct uhmm_cuda_stats s = { .sz = out->sz };
+	s.capacity = (uint64_t)b->npages * PAGE_SIZE;
+	s.physical = atomic_load(&b->physical);
+	s.bytes_to_device = atomic_load(&b->bytes_to);
+	s.bytes_to_host = atomic_load(&b->bytes_from);
+	s.pages_compacted = atomic_load(&b->compacted);
+	s.granules_mapped = atomic_load(&b->mapped);
+	s.granules_unmapped = atomic_load(&b->unmapped);
+	s.alloc_failures = atomic_load(&b->alloc_failures);
+	memcpy(out, &s, (size_t)n);
 	return 0;
 }
 
@@ -1450,6 +1476,17 @@ out:
 UHMM_API int uhmm_cuda_create(struct uhmm *h, int ordinal, const struct uhmm_cuda_options *opts,
                               struct uhmm_device **out)
 {
+	struct uhmm_cuda_options oc = { 0 };
+	if (opts) {
+		/* Fields past the caller's sz stay 0: their defaults. */
+		long n = sized_check(opts, CUDA_OPTIONS_V1, CUDA_OPTIONS_KNOWN);
+		if (n < 0) {
+			scopy(t_err, sizeof(t_err), "invalid argument (opts->sz)", NULL, NULL);
+			return (int)n;
+		}
+		memcpy(&oc, opts, (size_t)n);
+		opts = &oc;
+	}
 	if (!h || !out || ordinal < 0 || (opts && opts->flags)) {
 		scopy(t_err, sizeof(t_err), "invalid argument", NULL, NULL);
 		return -EINVAL;
