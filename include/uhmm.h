@@ -30,7 +30,10 @@
  *    uhmm_cuda_options, uhmm_cuda_info, uhmm_cuda_stats) start with
  *    `size_t sz`, which the caller sets to sizeof(the struct) as its header
  *    declares it: use UHMM_OPTS(type, name, fields...), the type's
- *    UHMM_*_INIT initializer, or memset the struct to zero and set sz.
+ *    UHMM_*_INIT initializer, or memset the struct to zero and set sz
+ *    (padding counts: the zero-tail check below reads the bytes after the
+ *    last known field, tail padding included, so a struct on the stack
+ *    whose members are assigned one by one must be memset first).
  *  - Fields are only ever appended, never reordered, resized or removed.
  *  - The library checks sz: smaller than the struct's first version, or
  *    larger than UHMM_SZ_MAX, is -EINVAL; larger than the library knows is
