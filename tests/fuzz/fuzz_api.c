@@ -373,6 +373,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		case 18: { /* stats, sysinfo, names on NULL */
 			struct uhmm_stats st = UHMM_STATS_INIT;
+			if (u8(&in) & 1) /* any sz that stays inside st */
+				st.sz = u8(&in) % (sizeof(st) + 1);
 			check_ret("uhmm_stats_get", uhmm_stats_get(u8(&in) & 1 ? H : NULL, u8(&in) & 1 ? &st : NULL));
 			struct uhmm_dummy_counters c;
 			check_ret("uhmm_dummy_counters_get",
@@ -389,6 +391,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			o.fault_around = u32(&in);
 			o.flags = u32(&in) & 3;
 			o.spin_us = 1;
+			if (u8(&in) & 1) /* any sz that stays inside o */
+				o.sz = u8(&in) % (sizeof(o) + 1);
 			struct uhmm *x = NULL;
 			r = uhmm_open(u8(&in) & 1 ? &o : NULL, u8(&in) % 5 ? &x : NULL);
 			check_ret("uhmm_open", r);
