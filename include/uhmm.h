@@ -35,6 +35,10 @@
  *    last known field, tail padding included, so a struct on the stack
  *    whose members are assigned one by one must be memset first).
  *  - Fields are only ever appended, never reordered, resized or removed.
+ *  - No such struct has tail padding: where alignment would leave some,
+ *    a `reserved` member holds its place (0 in inputs, else -EINVAL;
+ *    written as 0 in outputs), so a struct filled by a designated
+ *    initializer has no stray byte where a later version's field will be.
  *  - The library checks sz: smaller than the struct's first version, or
  *    larger than UHMM_SZ_MAX, is -EINVAL; larger than the library knows is
  *    accepted only when every byte past the fields it knows is zero (a
@@ -127,6 +131,7 @@ struct uhmm_options {
 	                                    0 = off (default; env UHMM_FAULT_AHEAD), at most 16;
 	                                    min(fault_ahead, 4) worker threads.  A migration to a
 	                                    device cancels what was queued before it started. */
+	unsigned reserved;               /* 0 (holds the tail padding's place: see the top) */
 	/* new fields go here, at the end */
 };
 #define UHMM_OPTIONS_INIT { .sz = sizeof(struct uhmm_options) }
@@ -508,6 +513,7 @@ struct uhmm_sysinfo {
 	                               uhmm_open's -EPERM / -ENOSYS means), else why
 	                               AUTO picks the mode it picks (whether faults
 	                               inside system calls can be served) */
+	char reserved[3];           /* written as 0 (the tail padding's place) */
 };
 #define UHMM_SYSINFO_INIT { .sz = sizeof(struct uhmm_sysinfo) }
 

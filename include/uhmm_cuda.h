@@ -110,6 +110,7 @@ struct uhmm_cuda_options {
 	 * only means that migrations find the GPU full (pages skipped). */
 	size_t capacity;
 	unsigned flags;       /* none defined: 0 */
+	unsigned reserved;    /* 0 (the tail padding's place: uhmm.h, "How the ABI evolves") */
 };
 #define UHMM_CUDA_OPTIONS_INIT { .sz = sizeof(struct uhmm_cuda_options) }
 

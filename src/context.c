@@ -92,7 +92,7 @@ static int resolve_options(const struct uhmm_options *o, struct uhmm_options *ou
 			return (int)n;
 		memcpy(out, o, (size_t)n);
 	}
-	if (out->fault_mode > UHMM_FAULT_SIGBUS || (out->flags & ~UHMM_OPT_NO_MOVE))
+	if (out->fault_mode > UHMM_FAULT_SIGBUS || (out->flags & ~UHMM_OPT_NO_MOVE) || out->reserved)
 		return -EINVAL;
 	if (out->fault_mode == UHMM_FAULT_AUTO) {
 		const char *m = getenv("UHMM_FAULT_MODE");

@@ -63,14 +63,21 @@ static inline long sized_check(const void *p, size_t v1, size_t known)
 
 /* First-version and known sizes of each sized struct.  When a field is
  * appended, *_KNOWN moves to it and *_V1 stays. */
-#define UHMM_OPTIONS_V1    offsetofend(struct uhmm_options, fault_ahead)
-#define UHMM_OPTIONS_KNOWN offsetofend(struct uhmm_options, fault_ahead)
+#define UHMM_OPTIONS_V1    offsetofend(struct uhmm_options, reserved)
+#define UHMM_OPTIONS_KNOWN offsetofend(struct uhmm_options, reserved)
 #define UHMM_STATS_V1      offsetofend(struct uhmm_stats, pages_ahead)
 #define UHMM_STATS_KNOWN   offsetofend(struct uhmm_stats, pages_ahead)
-#define UHMM_SYSINFO_V1    offsetofend(struct uhmm_sysinfo, reason)
-#define UHMM_SYSINFO_KNOWN offsetofend(struct uhmm_sysinfo, reason)
+#define UHMM_SYSINFO_V1    offsetofend(struct uhmm_sysinfo, reserved)
+#define UHMM_SYSINFO_KNOWN offsetofend(struct uhmm_sysinfo, reserved)
 #define UHMM_DUMMY_V1      offsetofend(struct uhmm_dummy_options, path)
 #define UHMM_DUMMY_KNOWN   offsetofend(struct uhmm_dummy_options, path)
+/* No tail padding (the header's rule): a designated initializer that names
+ * every member leaves padding bytes indeterminate, and the zero-tail check
+ * of a newer library would read them. */
+_Static_assert(UHMM_OPTIONS_KNOWN == sizeof(struct uhmm_options), "tail padding");
+_Static_assert(UHMM_STATS_KNOWN == sizeof(struct uhmm_stats), "tail padding");
+_Static_assert(UHMM_SYSINFO_KNOWN == sizeof(struct uhmm_sysinfo), "tail padding");
+_Static_assert(UHMM_DUMMY_KNOWN == sizeof(struct uhmm_dummy_options), "tail padding");
 
 #define PAGE_SHIFT 12
 #define PAGE_SIZE  (1UL << PAGE_SHIFT)

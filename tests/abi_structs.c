@@ -12,11 +12,11 @@
 #define END(type, field) (offsetof(struct type, field) + sizeof(((struct type *)0)->field))
 
 /* The first versions: what a binary built against this release passes. */
-#define OPTIONS_V1 END(uhmm_options, fault_ahead)
+#define OPTIONS_V1 END(uhmm_options, reserved)
 #define STATS_V1   END(uhmm_stats, pages_ahead)
-#define SYSINFO_V1 END(uhmm_sysinfo, reason)
+#define SYSINFO_V1 END(uhmm_sysinfo, reserved)
 #define DUMMY_V1   END(uhmm_dummy_options, path)
-#define CUDA_OPTIONS_V1 END(uhmm_cuda_options, flags)
+#define CUDA_OPTIONS_V1 END(uhmm_cuda_options, reserved)
 #define CUDA_INFO_V1    END(uhmm_cuda_info, reason)
 
 /* Room for a struct of a newer header: ours plus fields we do not know. */
@@ -69,8 +69,7 @@ static void options_sz(void **state)
 	assert_int_equal(uhmm_fault_mode(h), UHMM_FAULT_THREAD);
 	assert_int_equal(uhmm_close(h), 0);
 
-	/* ... that sets a field this library does not know: refused.  The
-	 * padding after the last field counts (a newer field may live there). */
+	/* ... that sets a field this library does not know: refused. */
 	u.b[u.sz - 1] = 1;
 	h = NULL;
 	assert_int_equal(uhmm_open((const struct uhmm_options *)u.b, &h), -EINVAL);
@@ -79,6 +78,18 @@ static void options_sz(void **state)
 	u.b[OPTIONS_V1] = 1;
 	assert_int_equal(uhmm_open((const struct uhmm_options *)u.b, &h), -EINVAL);
 	assert_null(h);
+
+	/* reserved holds the tail padding's place (a later field's): 0 only. */
+	o.sz = sizeof(o);
+	o.reserved = 1;
+	assert_int_equal(uhmm_open(&o, &h), -EINVAL);
+	assert_null(h);
+	/* Every member named: no padding is left for the check to trip on. */
+	struct uhmm_options all = { .sz = sizeof(all), .fault_mode = UHMM_FAULT_THREAD,
+	                            .fault_around = 0, .flags = 0, .spin_us = 0,
+	                            .fault_ahead = 0, .reserved = 0 };
+	assert_int_equal(uhmm_open(&all, &h), 0);
+	assert_int_equal(uhmm_close(h), 0);
 }
 
 static void stats_sz(void **state)
@@ -150,6 +161,7 @@ static void sysinfo_sz(void **state)
 	all_bytes(u.b, SYSINFO_V1, sizeof(u), 0xAA);
 	memcpy(&si, u.b, SYSINFO_V1);
 	assert_true(si.reason[0] != '\0');
+	all_bytes((const unsigned char *)si.reserved, 0, sizeof(si.reserved), 0);
 	assert_non_null(memchr(si.reason, '\0', sizeof(si.reason)));
 
 	memset(&u, 0, sizeof(u));
@@ -219,6 +231,10 @@ static void cuda_sz(void **state)
 	u.sz = sizeof(struct uhmm_cuda_options) + TAIL;
 	u.b[u.sz - 1] = 1;
 	assert_int_equal(uhmm_cuda_create(h, 0, (const struct uhmm_cuda_options *)u.b, &d), -EINVAL);
+	assert_null(d);
+	o.sz = sizeof(o);
+	o.reserved = 1;
+	assert_int_equal(uhmm_cuda_create(h, 0, &o, &d), -EINVAL);
 	assert_null(d);
 
 	struct uhmm_cuda_info ci;

@@ -23,6 +23,7 @@ static void reason_is_a_sentence(void **state)
 	(void)state;
 	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
 	memset(&si, 0xff, sizeof(si)); /* no stale byte may pass for a terminator */
+	si.sz = sizeof(si);
 	assert_int_equal(uhmm_sysinfo_get(&si), 0);
 	assert_non_null(memchr(si.reason, '\0', sizeof(si.reason)));
 	assert_true(strlen(si.reason) > 10);

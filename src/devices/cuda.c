@@ -51,12 +51,15 @@
 #include "uhmm_cuda.h"
 
 /* Sized structs of uhmm_cuda.h (see sized_check in internal.h). */
-#define CUDA_OPTIONS_V1    offsetofend(struct uhmm_cuda_options, flags)
-#define CUDA_OPTIONS_KNOWN offsetofend(struct uhmm_cuda_options, flags)
+#define CUDA_OPTIONS_V1    offsetofend(struct uhmm_cuda_options, reserved)
+#define CUDA_OPTIONS_KNOWN offsetofend(struct uhmm_cuda_options, reserved)
 #define CUDA_INFO_V1       offsetofend(struct uhmm_cuda_info, reason)
 #define CUDA_INFO_KNOWN    offsetofend(struct uhmm_cuda_info, reason)
 #define CUDA_STATS_V1      offsetofend(struct uhmm_cuda_stats, alloc_failures)
 #define CUDA_STATS_KNOWN   offsetofend(struct uhmm_cuda_stats, alloc_failures)
+_Static_assert(CUDA_OPTIONS_KNOWN == sizeof(struct uhmm_cuda_options), "tail padding");
+_Static_assert(CUDA_INFO_KNOWN == sizeof(struct uhmm_cuda_info), "tail padding");
+_Static_assert(CUDA_STATS_KNOWN == sizeof(struct uhmm_cuda_stats), "tail padding");
 
 #include <dlfcn.h>
 #include <stdio.h>
@@ -1487,7 +1490,7 @@ UHMM_API int uhmm_cuda_create(struct uhmm *h, int ordinal, const struct uhmm_cud
 		memcpy(&oc, opts, (size_t)n);
 		opts = &oc;
 	}
-	if (!h || !out || ordinal < 0 || (opts && opts->flags)) {
+	if (!h || !out || ordinal < 0 || (opts && (opts->flags || opts->reserved))) {
 		scopy(t_err, sizeof(t_err), "invalid argument", NULL, NULL);
 		return -EINVAL;
 	}
