@@ -27,7 +27,8 @@
  * more than that library knows):
  *  - Structs the caller allocates and passes in or out whole (uhmm_options,
  *    uhmm_stats, uhmm_sysinfo, uhmm_dummy_options, and in uhmm_cuda.h
- *    uhmm_cuda_options, uhmm_cuda_info, uhmm_cuda_stats) start with
+ *    uhmm_cuda_options, uhmm_cuda_info, uhmm_cuda_stats, uhmm_cuda_launch)
+ *    start with
  *    `size_t sz`, which the caller sets to sizeof(the struct) as its header
  *    declares it: use UHMM_OPTS(type, name, fields...), the type's
  *    UHMM_*_INIT initializer, or memset the struct to zero and set sz
@@ -47,9 +48,11 @@
  *    only the first min(sz, what the library knows) bytes written, so
  *    fields the caller knows and the library does not keep their zeros.
  *  - A NULL options pointer still means "all defaults".
- *  - Arrays of per-page entries (uhmm_page_info, uhmm_range_entry) and
- *    uhmm_migrate_result, uhmm_dummy_counters, uhmm_cuda_device_info keep
- *    their layout for good; anything new they need comes as a new call.
+ *  - Arrays of per-page entries (uhmm_page_info, uhmm_range_entry),
+ *    uhmm_migrate_result, uhmm_dummy_counters, uhmm_cuda_device_info,
+ *    uhmm_cuda_span and the callback tables (uhmm_device_ops,
+ *    uhmm_mirror_ops) keep their layout for good; anything new they need
+ *    comes as a new call (a new version node).
  *  - Exported symbols carry versions (src/uhmm.map): a release that adds
  *    calls adds a new version node inheriting the previous one, and a
  *    symbol's meaning never changes under its version.

@@ -164,6 +164,7 @@ struct uhmm_cuda_span {
 };
 
 struct uhmm_cuda_launch {
+	size_t sz;                /* sizeof(struct uhmm_cuda_launch) (uhmm.h, "How the ABI evolves") */
 	void *function;           /* CUfunction, e.g. from uhmm_cuda_function() */
 	unsigned grid[3];         /* 0 entries are taken as 1 */
 	unsigned block[3];
@@ -173,12 +174,13 @@ struct uhmm_cuda_launch {
 	size_t nuses;
 	void *stream;             /* CUstream; NULL = the device's own stream */
 };
+#define UHMM_CUDA_LAUNCH_INIT { .sz = sizeof(struct uhmm_cuda_launch) }
 
 /*
  * Prefetch every span in l->uses, then launch the kernel (asynchronously:
  * wait with uhmm_cuda_sync()).  The kernel must touch no managed memory
  * outside its declared spans.  Fails: -EINVAL d not a CUDA device, l or
- * l->function NULL, or nuses without uses; as uhmm_cuda_prefetch (nothing
+ * l->function NULL, l->sz not valid, or nuses without uses; as uhmm_cuda_prefetch (nothing
  * is launched then); the launch failed: -EIO, or, by the driver's error,
  * -ENOMEM (out of memory), -ENODEV (driver or GPU unusable), -EOPNOTSUPP
  * (not supported) — uhmm_cuda_last_error says which.

@@ -610,6 +610,7 @@ static int saxpy_helper(const char *cname, struct gpu *g, float *x, float *y, si
 	struct uhmm_cuda_span uses[2] = { { x, n * 4 }, { y, n * 4 } };
 	struct uhmm_cuda_launch l;
 	memset(&l, 0, sizeof(l));
+	l.sz = sizeof(l);
 	l.function = g->saxpy;
 	l.grid[0] = (unsigned)((n + 255) / 256);
 	l.block[0] = 256;

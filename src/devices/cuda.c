@@ -59,6 +59,9 @@
 #define CUDA_STATS_KNOWN   offsetofend(struct uhmm_cuda_stats, alloc_failures)
 _Static_assert(CUDA_OPTIONS_KNOWN == sizeof(struct uhmm_cuda_options), "tail padding");
 _Static_assert(CUDA_INFO_KNOWN == sizeof(struct uhmm_cuda_info), "tail padding");
+#define CUDA_LAUNCH_V1     offsetofend(struct uhmm_cuda_launch, stream)
+#define CUDA_LAUNCH_KNOWN  offsetofend(struct uhmm_cuda_launch, stream)
+_Static_assert(CUDA_LAUNCH_KNOWN == sizeof(struct uhmm_cuda_launch), "tail padding");
 _Static_assert(CUDA_STATS_KNOWN == sizeof(struct uhmm_cuda_stats), "tail padding");
 
 #include <dlfcn.h>
@@ -1223,7 +1226,16 @@ out:
 UHMM_API int uhmm_cuda_launch(struct uhmm_device *d, const struct uhmm_cuda_launch *l)
 {
 	struct cuda_dev *b = cuda_of(d);
-	if (!b || !l || !l->function || (l->nuses && !l->uses))
+	if (!b || !l)
+		return -EINVAL;
+	/* Fields past the caller's sz stay 0: their defaults. */
+	struct uhmm_cuda_launch lc = { 0 };
+	long n = sized_check(l, CUDA_LAUNCH_V1, CUDA_LAUNCH_KNOWN);
+	if (n < 0)
+		return (int)n;
+	memcpy(&lc, l, (size_t)n);
+	l = &lc;
+	if (!l->function || (l->nuses && !l->uses))
 		return -EINVAL;
 	for (size_t i = 0; i < l->nuses; i++) {
 		int r = uhmm_cuda_prefetch(d, l->uses[i].addr, l->uses[i].len, NULL);

@@ -182,6 +182,7 @@ static void cuda_bad_args(void **state)
 	assert_int_equal(uhmm_cuda_stats_get(dm, &st), -EINVAL);
 	struct uhmm_cuda_launch l;
 	memset(&l, 0, sizeof(l));
+	l.sz = sizeof(l);
 	assert_int_equal(uhmm_cuda_launch(NULL, &l), -EINVAL);
 	void *fn = NULL;
 	assert_int_equal(uhmm_cuda_function(dm, uhmm_kernels_ptx, "uhmm_fill", &fn), -EINVAL);
@@ -362,12 +363,29 @@ static void cuda_launch_fill(void **state)
 	void *params[] = { &dp, &val, &words };
 	struct uhmm_cuda_launch l;
 	memset(&l, 0, sizeof(l));
+	l.sz = sizeof(l);
 	l.function = fn;
 	l.grid[0] = (unsigned)((words + 255) / 256);
 	l.block[0] = 256;
 	l.params = params;
 	l.uses = &use;
 	l.nuses = 1;
+	/* A bad sz is refused before anything is prefetched or launched. */
+	struct uhmm_cuda_stats before = cstats(d);
+	l.sz = 0;
+	assert_int_equal(uhmm_cuda_launch(d, &l), -EINVAL);
+	union {
+		struct uhmm_cuda_launch l;
+		unsigned char b[sizeof(struct uhmm_cuda_launch) + 16];
+	} big;
+	memset(&big, 0, sizeof(big));
+	big.l = l;
+	big.l.sz = sizeof(big);
+	big.b[sizeof(big) - 1] = 1; /* a field this library does not know */
+	assert_int_equal(uhmm_cuda_launch(d, &big.l), -EINVAL);
+	assert_int_equal(cstats(d).bytes_to_device, before.bytes_to_device);
+	assert_int_equal(cstats(d).granules_mapped, before.granules_mapped);
+	l.sz = sizeof(l);
 	rc = uhmm_cuda_launch(d, &l);
 	if (rc)
 		fail_msg("launch: %s (%s)", strerror(-rc), uhmm_cuda_last_error(d));
