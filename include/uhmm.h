@@ -28,18 +28,17 @@
  *  - Structs the caller allocates and passes in or out whole (uhmm_options,
  *    uhmm_stats, uhmm_sysinfo, uhmm_dummy_options, and in uhmm_cuda.h
  *    uhmm_cuda_options, uhmm_cuda_info, uhmm_cuda_stats, uhmm_cuda_launch)
- *    start with
- *    `size_t sz`, which the caller sets to sizeof(the struct) as its header
- *    declares it: use UHMM_OPTS(type, name, fields...), the type's
- *    UHMM_*_INIT initializer, or memset the struct to zero and set sz
- *    (padding counts: the zero-tail check below reads the bytes after the
- *    last known field, tail padding included, so a struct on the stack
- *    whose members are assigned one by one must be memset first).
+ *    start with `size_t sz`, which the caller sets to sizeof(the struct)
+ *    as its header declares it: use UHMM_OPTS(type, name, fields...), the
+ *    type's UHMM_*_INIT initializer, or memset the struct to zero and set
+ *    sz (a struct on the stack whose members are assigned one by one holds
+ *    garbage in the members it does not assign).
  *  - Fields are only ever appended, never reordered, resized or removed.
- *  - No such struct has tail padding: where alignment would leave some,
- *    a `reserved` member holds its place (0 in inputs, else -EINVAL;
- *    written as 0 in outputs), so a struct filled by a designated
- *    initializer has no stray byte where a later version's field will be.
+ *  - No such struct has tail padding, and no padding past its first
+ *    version's end: where alignment would leave some, a `reserved` member
+ *    holds its place (0 in inputs, else -EINVAL; written as 0 in outputs),
+ *    so a struct filled by any initializer has no stray byte where a later
+ *    version's field will be.
  *  - The library checks sz: smaller than the struct's first version, or
  *    larger than UHMM_SZ_MAX, is -EINVAL; larger than the library knows is
  *    accepted only when every byte past the fields it knows is zero (a
