@@ -13,7 +13,7 @@ int main(void)
 	struct uhmm *h;
 	struct uhmm_device *dev;
 	struct uhmm_page_info pi;
-	struct uhmm_stats st;
+	struct uhmm_stats st = UHMM_STATS_INIT;
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = 1024 * pg;
 	char *p;
 

@@ -20,6 +20,41 @@
  *  - Unless a comment says otherwise, calls on one context are safe to make
  *    from several threads at once, and may race CPU faults, migrations and
  *    unmaps of the same memory: data is never lost.
+ *
+ * How the ABI evolves (a binary built against an older header keeps
+ * working with a newer library, and one built against a newer header gets
+ * -EINVAL, not silent misbehaviour, from an older library when it asks for
+ * more than that library knows):
+ *  - Structs the caller allocates and passes in or out whole (uhmm_options,
+ *    uhmm_stats, uhmm_sysinfo, uhmm_dummy_options, and in uhmm_cuda.h
+ *    uhmm_cuda_options, uhmm_cuda_info, uhmm_cuda_stats, uhmm_cuda_launch)
+ *    start with `size_t sz`, which the caller sets to sizeof(the struct)
+ *    as its header declares it: use UHMM_OPTS(type, name, fields...), the
+ *    type's UHMM_*_INIT initializer, or memset the struct to zero and set
+ *    sz (a struct on the stack whose members are assigned one by one holds
+ *    garbage in the members it does not assign).
+ *  - Fields are only ever appended, never reordered, resized or removed.
+ *  - No such struct has tail padding, and no padding past its first
+ *    version's end: where alignment would leave some, a `reserved` member
+ *    holds its place (0 in inputs, else -EINVAL; written as 0 in outputs),
+ *    so a struct filled by any initializer has no stray byte where a later
+ *    version's field will be.
+ *  - The library checks sz: smaller than the struct's first version, or
+ *    larger than UHMM_SZ_MAX, is -EINVAL; larger than the library knows is
+ *    accepted only when every byte past the fields it knows is zero (a
+ *    newer caller asking for nothing new), else -EINVAL.  An input field
+ *    past the caller's sz reads as 0 (its default); an output struct gets
+ *    only the first min(sz, what the library knows) bytes written, so
+ *    fields the caller knows and the library does not keep their zeros.
+ *  - A NULL options pointer still means "all defaults".
+ *  - Arrays of per-page entries (uhmm_page_info, uhmm_range_entry),
+ *    uhmm_migrate_result, uhmm_dummy_counters, uhmm_cuda_device_info,
+ *    uhmm_cuda_span and the callback tables (uhmm_device_ops,
+ *    uhmm_mirror_ops) keep their layout for good; anything new they need
+ *    comes as a new call (a new version node).
+ *  - Exported symbols carry versions (src/uhmm.map): a release that adds
+ *    calls adds a new version node inheriting the previous one, and a
+ *    symbol's meaning never changes under its version.
  */
 #ifndef UHMM_H
 #define UHMM_H
@@ -39,6 +74,19 @@ struct uhmm;
 struct uhmm_device;
 struct uhmm_devmem;
 struct uhmm_mirror;
+
+/* Largest sz any sized struct accepts (a bound on the zero-tail check). */
+#define UHMM_SZ_MAX 4096u
+
+/*
+ * Declare and initialise a sized struct, libbpf style:
+ *     UHMM_OPTS(uhmm_options, o, .fault_mode = UHMM_FAULT_SIGBUS);
+ *     uhmm_open(&o, &h);
+ * Members not named are zero (their defaults).  UHMM_OPTS_INIT(type, ...)
+ * is the initializer alone, for a declaration of one's own.
+ */
+#define UHMM_OPTS_INIT(type, ...) { .sz = sizeof(struct type), __VA_ARGS__ }
+#define UHMM_OPTS(type, name, ...) struct type name = UHMM_OPTS_INIT(type, __VA_ARGS__)
 
 /* ------------------------------------------------------------------------
  * Context: one per address-space user.
@@ -75,6 +123,7 @@ enum uhmm_fault_mode { UHMM_FAULT_AUTO = 0, UHMM_FAULT_THREAD, UHMM_FAULT_SIGBUS
 #define UHMM_OPT_NO_STATUS (1u << 1)
 
 struct uhmm_options {
+	size_t sz;                       /* sizeof(struct uhmm_options) (see the top of this header) */
 	enum uhmm_fault_mode fault_mode; /* AUTO picks the fastest that works here */
 	unsigned fault_around;           /* pages resolved per CPU fault; 0 = default (16), 1 = off;
 	                                    rounded down to a power of two, at most 512
@@ -90,12 +139,15 @@ struct uhmm_options {
 	                                    0 = off (default; env UHMM_FAULT_AHEAD), at most 16;
 	                                    min(fault_ahead, 4) worker threads.  A migration to a
 	                                    device cancels what was queued before it started. */
+	unsigned reserved;               /* 0 (holds the tail padding's place: see the top) */
+	/* new fields go here, at the end */
 };
+#define UHMM_OPTIONS_INIT { .sz = sizeof(struct uhmm_options) }
 
 /*
  * Create a context: a userfaultfd, its service thread and an empty set of
  * managed ranges.  opts may be NULL (defaults, overridden by UHMM_* env).
- * Fails: -EINVAL bad options or out == NULL; -ENOSYS / -EPERM userfaultfd is
+ * Fails: -EINVAL bad options (opts->sz among them) or out == NULL; -ENOSYS / -EPERM userfaultfd is
  * not available here (uhmm_sysinfo_get's reason says why, as `uhmm info`
  * does); -EOPNOTSUPP the system page size is not the one uhmm was built
  * for, or SIGBUS mode asked for where the kernel lacks UFFD_FEATURE_SIGBUS;
@@ -416,6 +468,7 @@ int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct uhmm_page
  * ---------------------------------------------------------------------- */
 
 struct uhmm_stats {
+	size_t sz;              /* sizeof(struct uhmm_stats), set by the caller */
 	uint64_t cpu_faults;    /* CPU faults served (device → system or zero-fill) */
 	uint64_t pages_to_device, pages_to_system;
 	uint64_t device_faults; /* device page-fault rounds (uhmm_range_fault calls with READ/WRITE) */
@@ -430,8 +483,11 @@ struct uhmm_stats {
 	uint64_t pages_poisoned;
 	uint64_t pages_ahead;     /* pages fault-ahead brought home */
 };
+#define UHMM_STATS_INIT { .sz = sizeof(struct uhmm_stats) }
 
-/* Snapshot of the counters (each read atomically, not all at one instant). */
+/* Snapshot of the counters (each read atomically, not all at one instant)
+ * into the first min(out->sz, known) bytes of *out.  -EINVAL h or out
+ * NULL, or out->sz not valid (see the top of this header). */
 int uhmm_stats_get(struct uhmm *h, struct uhmm_stats *out);
 
 /* ------------------------------------------------------------------------
@@ -450,13 +506,9 @@ int uhmm_stats_get(struct uhmm *h, struct uhmm_stats *out);
 #define UHMM_SYS_THREAD_ID     (1u << 9)
 #define UHMM_SYS_ZEROPAGE      (1u << 10)
 
-/*
- * Caller-allocated, filled whole by uhmm_sysinfo_get.  ABI: `reason` was
- * added at the end in 0.1, which changed sizeof(struct uhmm_sysinfo); a
- * binary built against a header without it passes a smaller struct and
- * must be rebuilt (how such structs evolve without that is separate work).
- */
+/* Caller-allocated with sz set (UHMM_SYSINFO_INIT), filled by uhmm_sysinfo_get. */
 struct uhmm_sysinfo {
+	size_t sz;                  /* sizeof(struct uhmm_sysinfo), set by the caller */
 	unsigned caps;              /* UHMM_SYS_* */
 	uint64_t uffd_features;     /* raw UFFDIO_API features */
 	enum uhmm_fault_mode auto_mode;   /* what AUTO picks here */
@@ -469,13 +521,16 @@ struct uhmm_sysinfo {
 	                               uhmm_open's -EPERM / -ENOSYS means), else why
 	                               AUTO picks the mode it picks (whether faults
 	                               inside system calls can be served) */
+	char reserved[3];           /* written as 0 (the tail padding's place) */
 };
+#define UHMM_SYSINFO_INIT { .sz = sizeof(struct uhmm_sysinfo) }
 
 /*
  * Probe this machine without a context.  Returns 0 also when userfaultfd
  * does not work (caps lacks UHMM_SYS_UFFD; uffd_errno and reason say why),
  * so a program whose uhmm_open failed can report the reason in one call.
- * -EINVAL out == NULL.
+ * Writes the first min(out->sz, known) bytes.  -EINVAL out == NULL or
+ * out->sz not valid (see the top of this header).
  */
 int uhmm_sysinfo_get(struct uhmm_sysinfo *out);
 
@@ -582,11 +637,13 @@ int uhmm_range_fault(struct uhmm_mirror *m, const void *addr, size_t npages, uns
  * ---------------------------------------------------------------------- */
 
 struct uhmm_dummy_options {
+	size_t sz;             /* sizeof(struct uhmm_dummy_options) */
 	size_t capacity;       /* bytes of device memory; 0 = 1 GiB; added in chunks on demand
 	                          (persistent memory: all at creation) */
 	unsigned devmem_flags; /* 0 = DEVICE | ALLOW_MIGRATION | UNADDRESSABLE; any valid class */
 	const char *path;      /* persistent / coherent memory: backing file (NULL = memory file) */
 };
+#define UHMM_DUMMY_OPTIONS_INIT { .sz = sizeof(struct uhmm_dummy_options) }
 
 /* The dummy device's first (for persistent memory: only) block. */
 struct uhmm_devmem *uhmm_dummy_devmem(struct uhmm_device *d);
@@ -596,8 +653,9 @@ struct uhmm_devmem *uhmm_dummy_devmem(struct uhmm_device *d);
 
 /*
  * Create a dummy device on h: host memory that application pointers never
- * point into, its own page table, and device operations below.
- * Fails: -EINVAL NULL h/out or invalid devmem_flags; -EOPNOTSUPP a
+ * point into, its own page table, and device operations below.  o may be
+ * NULL (defaults).  Fails: -EINVAL NULL h/out, o->sz not valid (see the
+ * top of this header) or invalid devmem_flags; -EOPNOTSUPP a
  * classification this build cannot provide; -ENOSPC h already has 32
  * devices; -ENOMEM; with a path, the negative errno of open/ftruncate.
  */

@@ -81,6 +81,7 @@ struct uhmm_cuda_device_info {
 };
 
 struct uhmm_cuda_info {
+	size_t sz;            /* sizeof(struct uhmm_cuda_info), set by the caller */
 	int driver_version;   /* e.g. 12040 for 12.4; 0 if the driver did not say */
 	int device_count;     /* GPUs the driver reports (only the first
 	                         UHMM_CUDA_MAX_DEVICES are described) */
@@ -88,16 +89,20 @@ struct uhmm_cuda_info {
 	char library[128];    /* the library loaded (or tried) */
 	char reason[256];     /* why the driver is not usable; "" when it is */
 };
+#define UHMM_CUDA_INFO_INIT { .sz = sizeof(struct uhmm_cuda_info) }
 
 /*
  * Is a CUDA driver with at least one GPU usable here?  Fills *out either
  * way (as far as it got).  Returns 0; -ENOENT the driver library cannot be
  * loaded or lacks a needed entry point (too old: CUDA 10.2+ is needed);
- * -ENODEV cuInit failed or there is no GPU; -EINVAL out == NULL.
+ * -ENODEV cuInit failed or there is no GPU; -EINVAL out == NULL or out->sz
+ * not valid (uhmm.h, "How the ABI evolves"; nothing is filled then).  The
+ * first min(out->sz, known) bytes are written.
  */
 int uhmm_cuda_available(struct uhmm_cuda_info *out);
 
 struct uhmm_cuda_options {
+	size_t sz;            /* sizeof(struct uhmm_cuda_options) */
 	/* Bytes of GPU memory uhmm may use for this device, rounded down to
 	 * UHMM_CUDA_GRANULE.  0 = the GPU's free memory at creation less a
 	 * reserve of 1/16 (at least 256 MiB) for kernels and other users.
@@ -105,13 +110,16 @@ struct uhmm_cuda_options {
 	 * only means that migrations find the GPU full (pages skipped). */
 	size_t capacity;
 	unsigned flags;       /* none defined: 0 */
+	unsigned reserved;    /* 0 (the tail padding's place: uhmm.h, "How the ABI evolves") */
 };
+#define UHMM_CUDA_OPTIONS_INIT { .sz = sizeof(struct uhmm_cuda_options) }
 
 /*
  * Register GPU `ordinal` as a device of context h (device name "cuda<N>").
  * opts may be NULL.  Destroy it with uhmm_device_destroy() (or uhmm_close()),
  * which brings every page home first.
- * Fails: -EINVAL NULL h/out, ordinal < 0, unknown flags; -ENOENT / -ENODEV
+ * Fails: -EINVAL NULL h/out, ordinal < 0, opts->sz not valid (uhmm.h, "How
+ * the ABI evolves"), unknown flags; -ENOENT / -ENODEV
  * as uhmm_cuda_available (and -ENODEV: no GPU with that ordinal);
  * -EOPNOTSUPP the GPU lacks virtual memory management or has an allocation
  * granularity that does not divide 2 MiB; -ENOMEM; -EIO other driver errors.
@@ -156,6 +164,7 @@ struct uhmm_cuda_span {
 };
 
 struct uhmm_cuda_launch {
+	size_t sz;                /* sizeof(struct uhmm_cuda_launch) (uhmm.h, "How the ABI evolves") */
 	void *function;           /* CUfunction, e.g. from uhmm_cuda_function() */
 	unsigned grid[3];         /* 0 entries are taken as 1 */
 	unsigned block[3];
@@ -165,12 +174,13 @@ struct uhmm_cuda_launch {
 	size_t nuses;
 	void *stream;             /* CUstream; NULL = the device's own stream */
 };
+#define UHMM_CUDA_LAUNCH_INIT { .sz = sizeof(struct uhmm_cuda_launch) }
 
 /*
  * Prefetch every span in l->uses, then launch the kernel (asynchronously:
  * wait with uhmm_cuda_sync()).  The kernel must touch no managed memory
  * outside its declared spans.  Fails: -EINVAL d not a CUDA device, l or
- * l->function NULL, or nuses without uses; as uhmm_cuda_prefetch (nothing
+ * l->function NULL, l->sz not valid, or nuses without uses; as uhmm_cuda_prefetch (nothing
  * is launched then); the launch failed: -EIO, or, by the driver's error,
  * -ENOMEM (out of memory), -ENODEV (driver or GPU unusable), -EOPNOTSUPP
  * (not supported) — uhmm_cuda_last_error says which.
@@ -225,6 +235,7 @@ void *uhmm_cuda_stream(const struct uhmm_device *d);
 void *uhmm_cuda_driver_symbol(const char *name);
 
 struct uhmm_cuda_stats {
+	size_t sz;                  /* sizeof(struct uhmm_cuda_stats), set by the caller */
 	uint64_t capacity;          /* bytes this device may use */
 	uint64_t physical;          /* bytes of GPU memory allocated (cuMemCreate) now */
 	uint64_t bytes_to_device;   /* copied host -> GPU */
@@ -234,8 +245,10 @@ struct uhmm_cuda_stats {
 	uint64_t granules_unmapped; /* ... undone by invalidations */
 	uint64_t alloc_failures;    /* cuMemCreate failures (GPU full) */
 };
+#define UHMM_CUDA_STATS_INIT { .sz = sizeof(struct uhmm_cuda_stats) }
 
-/* Snapshot of d's counters.  -EINVAL d is not a CUDA device or out is NULL. */
+/* Snapshot of d's counters into the first min(out->sz, known) bytes of
+ * *out.  -EINVAL d is not a CUDA device, out is NULL or out->sz not valid. */
 int uhmm_cuda_stats_get(struct uhmm_device *d, struct uhmm_cuda_stats *out);
 
 #ifdef __cplusplus

@@ -85,9 +85,14 @@ static unsigned env_uint(const char *name, unsigned dflt)
 static int resolve_options(const struct uhmm_options *o, struct uhmm_options *out)
 {
 	memset(out, 0, sizeof(*out));
-	if (o)
-		*out = *o;
-	if (out->fault_mode > UHMM_FAULT_SIGBUS || (out->flags & ~(UHMM_OPT_NO_MOVE | UHMM_OPT_NO_STATUS)))
+	if (o) {
+		/* Fields past the caller's sz stay 0: their defaults. */
+		long n = sized_check(o, UHMM_OPTIONS_V1, UHMM_OPTIONS_KNOWN);
+		if (n < 0)
+			return (int)n;
+		memcpy(out, o, (size_t)n);
+	}
+	if (out->fault_mode > UHMM_FAULT_SIGBUS || (out->flags & ~(UHMM_OPT_NO_MOVE | UHMM_OPT_NO_STATUS)) || out->reserved)
 		return -EINVAL;
 	if (out->fault_mode == UHMM_FAULT_AUTO) {
 		const char *m = getenv("UHMM_FAULT_MODE");

@@ -32,6 +32,7 @@
 #include "uhmm.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -39,6 +40,44 @@
 #include <sys/types.h>
 
 #define UHMM_API __attribute__((visibility("default")))
+
+/*
+ * Sized structs (include/uhmm.h, "How the ABI evolves").  `v1` is the
+ * size of the struct's first version, `known` the end of the last field
+ * this library knows: both are offsetofend of a field, never sizeof, so
+ * that a newer caller's field placed in what is tail padding here is still
+ * checked.  Returns the number of bytes to copy in or out (min(sz, known))
+ * or -EINVAL.
+ */
+#define offsetofend(type, field) (offsetof(type, field) + sizeof(((type *)0)->field))
+static inline long sized_check(const void *p, size_t v1, size_t known)
+{
+	size_t sz = *(const size_t *)p;
+	if (sz < v1 || sz > UHMM_SZ_MAX)
+		return -EINVAL;
+	for (size_t i = known; i < sz; i++)
+		if (((const unsigned char *)p)[i])
+			return -EINVAL; /* asks for something this library does not know */
+	return (long)(sz < known ? sz : known);
+}
+
+/* First-version and known sizes of each sized struct.  When a field is
+ * appended, *_KNOWN moves to it and *_V1 stays. */
+#define UHMM_OPTIONS_V1    offsetofend(struct uhmm_options, reserved)
+#define UHMM_OPTIONS_KNOWN offsetofend(struct uhmm_options, reserved)
+#define UHMM_STATS_V1      offsetofend(struct uhmm_stats, pages_ahead)
+#define UHMM_STATS_KNOWN   offsetofend(struct uhmm_stats, pages_ahead)
+#define UHMM_SYSINFO_V1    offsetofend(struct uhmm_sysinfo, reserved)
+#define UHMM_SYSINFO_KNOWN offsetofend(struct uhmm_sysinfo, reserved)
+#define UHMM_DUMMY_V1      offsetofend(struct uhmm_dummy_options, path)
+#define UHMM_DUMMY_KNOWN   offsetofend(struct uhmm_dummy_options, path)
+/* No tail padding (the header's rule): a designated initializer that names
+ * every member leaves padding bytes indeterminate, and the zero-tail check
+ * of a newer library would read them. */
+_Static_assert(UHMM_OPTIONS_KNOWN == sizeof(struct uhmm_options), "tail padding");
+_Static_assert(UHMM_STATS_KNOWN == sizeof(struct uhmm_stats), "tail padding");
+_Static_assert(UHMM_SYSINFO_KNOWN == sizeof(struct uhmm_sysinfo), "tail padding");
+_Static_assert(UHMM_DUMMY_KNOWN == sizeof(struct uhmm_dummy_options), "tail padding");
 
 #define PAGE_SHIFT 12
 #define PAGE_SIZE  (1UL << PAGE_SHIFT)

@@ -113,10 +113,8 @@ static void fill_reason(struct uhmm_sysinfo *out, const struct creds *c)
 	                 : "thread (the kernel lacks UFFD_FEATURE_SIGBUS)");
 }
 
-UHMM_API int uhmm_sysinfo_get(struct uhmm_sysinfo *out)
+static void sysinfo_fill(struct uhmm_sysinfo *out)
 {
-	if (!out)
-		return -EINVAL;
 	memset(out, 0, sizeof(*out));
 	struct utsname u;
 	if (!uname(&u))
@@ -137,7 +135,7 @@ UHMM_API int uhmm_sysinfo_get(struct uhmm_sysinfo *out)
 		out->uffd_errno = p.err;
 		out->auto_mode = UHMM_FAULT_THREAD;
 		fill_reason(out, &c);
-		return 0;
+		return;
 	}
 	uint64_t feat = 0;
 	uffd_api(p.fd, 0, &feat);
@@ -167,5 +165,19 @@ UHMM_API int uhmm_sysinfo_get(struct uhmm_sysinfo *out)
 	                                                                  : UHMM_FAULT_SIGBUS;
 	close(p.fd);
 	fill_reason(out, &c);
+}
+
+UHMM_API int uhmm_sysinfo_get(struct uhmm_sysinfo *out)
+{
+	if (!out)
+		return -EINVAL;
+	long n = sized_check(out, UHMM_SYSINFO_V1, UHMM_SYSINFO_KNOWN);
+	if (n < 0)
+		return (int)n;
+	/* Filled whole here, then only the caller's part copied out. */
+	struct uhmm_sysinfo si;
+	sysinfo_fill(&si);
+	si.sz = out->sz;
+	memcpy(out, &si, (size_t)n);
 	return 0;
 }

@@ -14,8 +14,9 @@
 
 static struct uhmm *open_ahead(void **state, unsigned granules)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.fault_ahead = granules;
 	return t_open_opts(state, &o);
 }

@@ -15,15 +15,17 @@ static void *wrap_addr(void)
 static void bad_open(void **state)
 {
 	(void)state;
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	struct uhmm *h = NULL;
 	assert_int_equal(uhmm_open(NULL, NULL), -EINVAL);
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	assert_int_equal(uhmm_open(&o, NULL), -EINVAL);
 	o.fault_mode = (enum uhmm_fault_mode)42;
 	assert_int_equal(uhmm_open(&o, &h), -EINVAL);
 	assert_null(h);
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.flags = 1u << 30;
 	assert_int_equal(uhmm_open(&o, &h), -EINVAL);
 	assert_int_equal(uhmm_close(NULL), -EINVAL);
@@ -181,7 +183,7 @@ static void bad_query_migrate(void **state)
 	assert_states(h, p, 0, 8, UHMM_STATE_SYSTEM, NULL);
 	assert_pages(p, 0, 8, 3);
 
-	struct uhmm_stats st;
+	struct uhmm_stats st = UHMM_STATS_INIT;
 	assert_int_equal(uhmm_stats_get(h, &st), 0);
 	assert_int_equal(uhmm_stats_get(h, NULL), -EINVAL);
 	assert_int_equal(uhmm_stats_get(NULL, &st), -EINVAL);
@@ -338,7 +340,7 @@ static void documented_errnos(void **state)
 	assert_int_equal(uhmm_dummy_check_exclusive(devs[0], p, 1), -EINVAL);
 	assert_int_equal(uhmm_dummy_exclusive(devs[0], p, 1), -EINVAL);
 	/* ... nor a CUDA device. */
-	struct uhmm_cuda_stats cs;
+	struct uhmm_cuda_stats cs = UHMM_CUDA_STATS_INIT;
 	assert_int_equal(uhmm_cuda_sync(devs[0]), -EINVAL);
 	assert_int_equal(uhmm_cuda_sync(NULL), -EINVAL);
 	assert_int_equal(uhmm_cuda_stats_get(devs[0], &cs), -EINVAL);

@@ -94,10 +94,11 @@ static inline void t_untrack(struct uhmm *h)
  */
 static inline struct uhmm *t_open_opts(void **state, const struct uhmm_options *base)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	struct uhmm *h = NULL;
 
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	if (base)
 		o = *base;
 	o.fault_mode = state_mode(state);
@@ -141,8 +142,9 @@ static inline struct uhmm *t_open(void **state)
 /* Open with fault-around off: exactly one page comes back per CPU fault. */
 static inline struct uhmm *t_open_nofa(void **state)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.fault_around = 1;
 	return t_open_opts(state, &o);
 }
@@ -348,8 +350,9 @@ static inline size_t count_state(struct uhmm *h, void *base, size_t first, size_
 
 static inline struct uhmm_stats t_stats(struct uhmm *h)
 {
-	struct uhmm_stats st;
+	struct uhmm_stats st = UHMM_STATS_INIT;
 	memset(&st, 0, sizeof(st));
+	st.sz = sizeof(st);
 	assert_int_equal(uhmm_stats_get(h, &st), 0);
 	return st;
 }

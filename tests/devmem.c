@@ -84,9 +84,10 @@ static void devmem_flags(void **state)
 	assert_int_equal(uhmm_devmem_remove(m1), 0);
 
 	/* Dummy devices: the same rules on their devmem_flags. */
-	struct uhmm_dummy_options o;
+	struct uhmm_dummy_options o = UHMM_DUMMY_OPTIONS_INIT;
 	struct uhmm_device *dd = NULL;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.devmem_flags = DEV; /* persistent */
 	assert_int_equal(uhmm_dummy_create(h, &o, &dd), 0);
 	assert_non_null(uhmm_dummy_devmem(dd));

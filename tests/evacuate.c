@@ -108,8 +108,9 @@ static void evacuate_crash(void **state)
 		struct rlimit nocore = { 0, 0 };
 		setrlimit(RLIMIT_CORE, &nocore); /* no core file left behind */
 		close(fds[0]);
-		struct uhmm_options o;
+		struct uhmm_options o = UHMM_OPTIONS_INIT;
 		memset(&o, 0, sizeof(o));
+		o.sz = sizeof(o);
 		o.fault_mode = mode;
 		struct uhmm_device *d = NULL;
 		if (uhmm_open(&o, &g_h) || uhmm_dummy_create(g_h, NULL, &d) ||

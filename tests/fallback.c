@@ -21,8 +21,9 @@ static void run_round_trips(struct uhmm *h, struct uhmm_device *d, void *p, unsi
 /* Forced fallback: pages migrate by copy + unmap, never by a move. */
 static void fallback_no_move(void **state)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.flags = UHMM_OPT_NO_MOVE;
 	struct uhmm *h = t_open_opts(state, &o);
 	struct uhmm_device *d = t_dummy(h);
@@ -76,8 +77,9 @@ static void fallback_env(void **state)
 /* Where the kernel has UFFDIO_MOVE, the default path uses it, not the fallback. */
 static void fallback_default_moves(void **state)
 {
-	struct uhmm_sysinfo si;
+	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
 	memset(&si, 0, sizeof(si));
+	si.sz = sizeof(si);
 	assert_int_equal(uhmm_sysinfo_get(&si), 0);
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
@@ -99,8 +101,9 @@ static void fallback_default_moves(void **state)
 /* Fallback on a range mixing populated and never-populated pages. */
 static void fallback_mixed(void **state)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.flags = UHMM_OPT_NO_MOVE;
 	o.fault_around = 1;
 	struct uhmm *h = t_open_opts(state, &o);
@@ -142,8 +145,9 @@ static size_t pool_resident(struct uhmm_devmem *m, size_t npages)
  * fault, or are freed on the device), their pool slots hold no memory. */
 static void fallback_pool_bounded(void **state)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.flags = UHMM_OPT_NO_MOVE;
 	struct uhmm *h = t_open_opts(state, &o);
 	struct tdev *t = tdev_create(h, true, N);

@@ -10,7 +10,7 @@ static void migrate(void **state)
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
 	void *p = t_alloc(h, N);
-	struct uhmm_stats s0, s1, s2;
+	struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT, s2 = UHMM_STATS_INIT;
 
 	fill_pages(p, 0, N, 1);
 	assert_states(h, p, 0, N, UHMM_STATE_SYSTEM, NULL);
@@ -91,7 +91,7 @@ static void migrate_fault(void **state)
 	struct uhmm *h = t_open_nofa(state);
 	struct uhmm_device *d = t_dummy(h);
 	void *p = t_alloc(h, N);
-	struct uhmm_stats s0, s1;
+	struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT;
 
 	fill_pages(p, 0, N, 3);
 	assert_migrate(h, p, N * PS(), d, N, 0);
@@ -122,7 +122,7 @@ static void migrate_fault_around(void **state)
 	struct uhmm_device *d = t_dummy(h);
 	void *p = t_alloc(h, N);
 	struct uhmm_page_info inf[N];
-	struct uhmm_stats s0, s1;
+	struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT;
 	const size_t touch = 40;
 
 	fill_pages(p, 0, N, 4);
@@ -153,8 +153,9 @@ static void migrate_fault_around(void **state)
 
 	/* fault_around = 4: four pages per fault. */
 	t_close(h);
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.fault_around = 4;
 	h = t_open_opts(state, &o);
 	d = t_dummy(h);

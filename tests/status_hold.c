@@ -42,7 +42,7 @@ int main(void)
 	struct sigaction sa = { .sa_handler = on_term };
 	sigaction(SIGTERM, &sa, NULL);
 
-	struct uhmm_options o = { .fault_around = 1 }; /* page 0 alone comes home */
+	UHMM_OPTS(uhmm_options, o, .fault_around = 1); /* page 0 alone comes home */
 	CHECK(uhmm_open(&o, &h));
 	CHECK(uhmm_dummy_create(h, NULL, &a));
 	CHECK(uhmm_dummy_create(h, NULL, &b));

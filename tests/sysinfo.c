@@ -21,8 +21,9 @@
 static void reason_is_a_sentence(void **state)
 {
 	(void)state;
-	struct uhmm_sysinfo si;
+	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
 	memset(&si, 0xff, sizeof(si)); /* no stale byte may pass for a terminator */
+	si.sz = sizeof(si);
 	assert_int_equal(uhmm_sysinfo_get(&si), 0);
 	assert_non_null(memchr(si.reason, '\0', sizeof(si.reason)));
 	assert_true(strlen(si.reason) > 10);
@@ -83,7 +84,7 @@ static int blocked_child(void)
 		fprintf(stderr, "uhmm_open under the filter: %d\n", r);
 		return 1;
 	}
-	struct uhmm_sysinfo si;
+	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
 	if (uhmm_sysinfo_get(&si))
 		return 2;
 	fprintf(stderr, "reason under the filter: %s\n", si.reason);

@@ -261,8 +261,9 @@ static void threads_write_race_multi(void **state)
 /* The copy + unmap fallback path under the same race. */
 static void threads_write_race_nomove(void **state)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.flags = UHMM_OPT_NO_MOVE;
 	struct uhmm *h = t_open_opts(state, &o);
 	race_writes(h, 2, false);

@@ -475,7 +475,7 @@ int cmd_bench(int argc, char **argv)
 	}
 	g_tty = isatty(STDERR_FILENO);
 
-	struct uhmm_sysinfo si;
+	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
 	struct utsname u;
 	char cpu[128], sz[32];
 	const char *auto_mode = "unknown";

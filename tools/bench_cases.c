@@ -49,8 +49,8 @@ struct ctx {
 static int ctx_open(const char *cname, struct ctx *c, enum uhmm_fault_mode mode, unsigned fa,
                     size_t capacity)
 {
-	struct uhmm_options o = { .fault_mode = mode, .fault_around = fa };
-	struct uhmm_dummy_options d = { .capacity = capacity + UHMM_DUMMY_CHUNK };
+	struct uhmm_options o = { .sz = sizeof(struct uhmm_options), .fault_mode = mode, .fault_around = fa };
+	struct uhmm_dummy_options d = { .sz = sizeof(struct uhmm_dummy_options), .capacity = capacity + UHMM_DUMMY_CHUNK };
 	int r;
 
 	memset(c, 0, sizeof(*c));
@@ -515,7 +515,7 @@ static int stream_one(const char *cname, enum uhmm_fault_mode mode, unsigned fa,
 		progress(cname, var, rep, bopt.reps);
 		if (migrate(cname, &c, p, len, len, c.dev))
 			goto out;
-		struct uhmm_stats s0, s1;
+		struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT;
 		uhmm_stats_get(c.h, &s0);
 		double t = copy(dst, p, len);
 		uhmm_stats_get(c.h, &s1);
@@ -623,7 +623,7 @@ int case_fault_random(void)
 				ok = false;
 				break;
 			}
-			struct uhmm_stats s0, s1;
+			struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT;
 			uhmm_stats_get(c.h, &s0);
 			double t = now_s();
 			g_sink += touch_read(p, np, order);
@@ -855,7 +855,7 @@ int case_threads(void)
 				ok = false;
 				break;
 			}
-			struct uhmm_stats s0, s1, s2;
+			struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT, s2 = UHMM_STATS_INIT;
 			uhmm_stats_get(c.h, &s0);
 			double t1 = run_threads(p, np, 1);
 			uhmm_stats_get(c.h, &s1);
@@ -866,7 +866,7 @@ int case_threads(void)
 			uhmm_stats_get(c.h, &s2);
 			double tn = run_threads(p, np, bopt.threads);
 			if (rep == 0) {
-				struct uhmm_stats s3;
+				struct uhmm_stats s3 = UHMM_STATS_INIT;
 				uhmm_stats_get(c.h, &s3);
 				snprintf(r->note, sizeof(r->note),
 				         "one word read per page, default fault-around; ratio = throughput "

@@ -115,7 +115,7 @@ static bool gpu_present(const char *cname)
 {
 	static int checked, ok;
 	if (!checked) {
-		struct uhmm_cuda_info ci;
+		struct uhmm_cuda_info ci = UHMM_CUDA_INFO_INIT;
 		checked = 1;
 		ok = uhmm_cuda_available(&ci) == 0 && ci.device_count > 0;
 		if (!ok)
@@ -143,7 +143,7 @@ static void gpu_close(const char *cname, struct gpu *g)
 
 static int gpu_open(const char *cname, struct gpu *g, enum uhmm_fault_mode mode, unsigned ahead)
 {
-	struct uhmm_options o = { .fault_mode = mode, .fault_ahead = ahead };
+	struct uhmm_options o = { .sz = sizeof(struct uhmm_options), .fault_mode = mode, .fault_ahead = ahead };
 	int r;
 
 	memset(g, 0, sizeof(*g));
@@ -610,6 +610,7 @@ static int saxpy_helper(const char *cname, struct gpu *g, float *x, float *y, si
 	struct uhmm_cuda_span uses[2] = { { x, n * 4 }, { y, n * 4 } };
 	struct uhmm_cuda_launch l;
 	memset(&l, 0, sizeof(l));
+	l.sz = sizeof(l);
 	l.function = g->saxpy;
 	l.grid[0] = (unsigned)((n + 255) / 256);
 	l.block[0] = 256;

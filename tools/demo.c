@@ -176,6 +176,7 @@ struct demo {
 
 static void phase_begin(struct demo *d)
 {
+	d->last.sz = sizeof(d->last);
 	uhmm_stats_get(d->h, &d->last);
 	d->t0 = now_s();
 }
@@ -183,7 +184,7 @@ static void phase_begin(struct demo *d)
 static void phase_end(struct demo *d, const char *name)
 {
 	double t1 = now_s();
-	struct uhmm_stats s;
+	struct uhmm_stats s = UHMM_STATS_INIT;
 	struct phase *ph = &d->phases[d->nphases++];
 
 	uhmm_stats_get(d->h, &s);
@@ -423,10 +424,11 @@ static int parse_args(int argc, char **argv, size_t *size, enum uhmm_fault_mode 
 
 static int open_ctx(enum uhmm_fault_mode mode, struct uhmm **h)
 {
-	struct uhmm_options opts;
+	struct uhmm_options opts = UHMM_OPTIONS_INIT;
 	int rc;
 
 	memset(&opts, 0, sizeof(opts));
+	opts.sz = sizeof(opts);
 	opts.fault_mode = mode;
 	rc = uhmm_open(&opts, h);
 	if (rc < 0) {
@@ -490,9 +492,9 @@ static int expect_states(struct demo *d, const char *when, enum uhmm_state st)
 
 static int demo_coherent(struct demo *d, enum uhmm_fault_mode mode)
 {
-	struct uhmm_dummy_options dopts;
+	struct uhmm_dummy_options dopts = UHMM_DUMMY_OPTIONS_INIT;
 	struct uhmm_migrate_result mres = { 0, 0 };
-	struct uhmm_stats s0, s1, tot;
+	struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT, tot = UHMM_STATS_INIT;
 	struct uhmm_dummy_counters dc = { 0, 0 };
 	uint64_t *buf = NULL;
 	char b1[32];
@@ -505,6 +507,7 @@ static int demo_coherent(struct demo *d, enum uhmm_fault_mode mode)
 	if (open_ctx(mode, &d->h) < 0)
 		return CLI_EXIT_FAIL;
 	memset(&dopts, 0, sizeof(dopts));
+	dopts.sz = sizeof(dopts);
 	dopts.capacity = d->size;
 	dopts.devmem_flags = UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION;
 	rc = uhmm_dummy_create(d->h, &dopts, &d->dev);
@@ -627,12 +630,13 @@ out_close:
 static int persistent_open(struct demo *d, enum uhmm_fault_mode mode, const char *path,
                            int prot, struct uhmm_devmem **m)
 {
-	struct uhmm_dummy_options dopts;
+	struct uhmm_dummy_options dopts = UHMM_DUMMY_OPTIONS_INIT;
 	int rc;
 
 	if (open_ctx(mode, &d->h) < 0)
 		return -1;
 	memset(&dopts, 0, sizeof(dopts));
+	dopts.sz = sizeof(dopts);
 	dopts.capacity = d->size;
 	dopts.devmem_flags = UHMM_DEVMEM_DEVICE;
 	dopts.path = path;
@@ -753,10 +757,10 @@ out_unlink:
 
 int cmd_demo(int argc, char **argv)
 {
-	struct uhmm_options opts;
-	struct uhmm_dummy_options dopts;
+	struct uhmm_options opts = UHMM_OPTIONS_INIT;
+	struct uhmm_dummy_options dopts = UHMM_DUMMY_OPTIONS_INIT;
 	struct uhmm_migrate_result mres = { 0, 0 };
-	struct uhmm_stats s0, s1, tot;
+	struct uhmm_stats s0 = UHMM_STATS_INIT, s1 = UHMM_STATS_INIT, tot = UHMM_STATS_INIT;
 	struct uhmm_dummy_counters dc = { 0, 0 }, bc = { 0, 0 };
 	struct uhmm_device *devb = NULL;
 	struct demo d;
@@ -787,6 +791,7 @@ int cmd_demo(int argc, char **argv)
 		return demo_persistent(&d, mode);
 
 	memset(&opts, 0, sizeof(opts));
+	opts.sz = sizeof(opts);
 	opts.fault_mode = mode;
 	rc = uhmm_open(&opts, &d.h);
 	if (rc < 0) {
@@ -795,6 +800,7 @@ int cmd_demo(int argc, char **argv)
 		return CLI_EXIT_FAIL;
 	}
 	memset(&dopts, 0, sizeof(dopts));
+	dopts.sz = sizeof(dopts);
 	dopts.capacity = d.size; /* rounded up to UHMM_DUMMY_CHUNK, added on demand */
 	rc = uhmm_dummy_create(d.h, &dopts, &d.dev);
 	if (rc < 0) {
@@ -855,6 +861,7 @@ int cmd_demo(int argc, char **argv)
 	/* Step 4: a second device reads 10% of the pages (at least one) from device A. */
 	sample = d.npages / 10 ? d.npages / 10 : 1;
 	memset(&dopts, 0, sizeof(dopts));
+	dopts.sz = sizeof(dopts);
 	dopts.capacity = sample * d.pagesz;
 	rc = uhmm_dummy_create(d.h, &dopts, &devb);
 	if (rc < 0) {

@@ -332,7 +332,7 @@ static void print_json(const struct proc_facts *p, const struct uhmm_sysinfo *si
 	json_key(&f, "env_no_move");
 	json_bool3(env && env[0] && env_true(env));
 
-	struct uhmm_cuda_info ci;
+	struct uhmm_cuda_info ci = UHMM_CUDA_INFO_INIT;
 	int rc = uhmm_cuda_available(&ci);
 	json_key(&f, "cuda");
 	g = 1;
@@ -364,7 +364,7 @@ static void print_json(const struct proc_facts *p, const struct uhmm_sysinfo *si
 /* CUDA: is a driver there, and which GPUs (does not create a device). */
 static void print_cuda(void)
 {
-	struct uhmm_cuda_info ci;
+	struct uhmm_cuda_info ci = UHMM_CUDA_INFO_INIT;
 	int rc = uhmm_cuda_available(&ci);
 
 	putchar('\n');
@@ -387,7 +387,7 @@ static void print_cuda(void)
 
 int cmd_info(int argc, char **argv)
 {
-	struct uhmm_sysinfo si;
+	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
 	struct proc_facts p;
 	const char *env;
 	int works, rc;
@@ -401,6 +401,7 @@ int cmd_info(int argc, char **argv)
 		return cli_usage_error("info", "unexpected argument '%s'", argv[1 + json]);
 
 	memset(&si, 0, sizeof(si));
+	si.sz = sizeof(si);
 	rc = uhmm_sysinfo_get(&si);
 	if (rc < 0) {
 		fprintf(stderr, "uhmm info: uhmm_sysinfo_get: %s\n", strerror(-rc));

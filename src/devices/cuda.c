@@ -50,6 +50,20 @@
 #include "../internal.h"
 #include "uhmm_cuda.h"
 
+/* Sized structs of uhmm_cuda.h (see sized_check in internal.h). */
+#define CUDA_OPTIONS_V1    offsetofend(struct uhmm_cuda_options, reserved)
+#define CUDA_OPTIONS_KNOWN offsetofend(struct uhmm_cuda_options, reserved)
+#define CUDA_INFO_V1       offsetofend(struct uhmm_cuda_info, reason)
+#define CUDA_INFO_KNOWN    offsetofend(struct uhmm_cuda_info, reason)
+#define CUDA_STATS_V1      offsetofend(struct uhmm_cuda_stats, alloc_failures)
+#define CUDA_STATS_KNOWN   offsetofend(struct uhmm_cuda_stats, alloc_failures)
+_Static_assert(CUDA_OPTIONS_KNOWN == sizeof(struct uhmm_cuda_options), "tail padding");
+_Static_assert(CUDA_INFO_KNOWN == sizeof(struct uhmm_cuda_info), "tail padding");
+#define CUDA_LAUNCH_V1     offsetofend(struct uhmm_cuda_launch, stream)
+#define CUDA_LAUNCH_KNOWN  offsetofend(struct uhmm_cuda_launch, stream)
+_Static_assert(CUDA_LAUNCH_KNOWN == sizeof(struct uhmm_cuda_launch), "tail padding");
+_Static_assert(CUDA_STATS_KNOWN == sizeof(struct uhmm_cuda_stats), "tail padding");
+
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,10 +327,8 @@ out:
 	return g_load_rc;
 }
 
-UHMM_API int uhmm_cuda_available(struct uhmm_cuda_info *out)
+static int cuda_info_fill(struct uhmm_cuda_info *out)
 {
-	if (!out)
-		return -EINVAL;
 	memset(out, 0, sizeof(*out));
 	int rc = cuda_load();
 	scopy(out->library, sizeof(out->library), g_lib_name, NULL, NULL);
@@ -345,6 +357,21 @@ UHMM_API int uhmm_cuda_available(struct uhmm_cuda_info *out)
 		D.cuDeviceGetAttribute(&di->vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev);
 	}
 	return 0;
+}
+
+UHMM_API int uhmm_cuda_available(struct uhmm_cuda_info *out)
+{
+	if (!out)
+		return -EINVAL;
+	long n = sized_check(out, CUDA_INFO_V1, CUDA_INFO_KNOWN);
+	if (n < 0)
+		return (int)n;
+	/* Filled whole here, then only the caller's part copied out. */
+	struct uhmm_cuda_info ci;
+	int rc = cuda_info_fill(&ci);
+	ci.sz = out->sz;
+	memcpy(out, &ci, (size_t)n);
+	return rc;
 }
 
 UHMM_API void *uhmm_cuda_driver_symbol(const char *name)
@@ -1199,7 +1226,16 @@ out:
 UHMM_API int uhmm_cuda_launch(struct uhmm_device *d, const struct uhmm_cuda_launch *l)
 {
 	struct cuda_dev *b = cuda_of(d);
-	if (!b || !l || !l->function || (l->nuses && !l->uses))
+	if (!b || !l)
+		return -EINVAL;
+	/* Fields past the caller's sz stay 0: their defaults. */
+	struct uhmm_cuda_launch lc = { 0 };
+	long n = sized_check(l, CUDA_LAUNCH_V1, CUDA_LAUNCH_KNOWN);
+	if (n < 0)
+		return (int)n;
+	memcpy(&lc, l, (size_t)n);
+	l = &lc;
+	if (!l->function || (l->nuses && !l->uses))
 		return -EINVAL;
 	for (size_t i = 0; i < l->nuses; i++) {
 		int r = uhmm_cuda_prefetch(d, l->uses[i].addr, l->uses[i].len, NULL);
@@ -1270,14 +1306,19 @@ UHMM_API int uhmm_cuda_stats_get(struct uhmm_device *d, struct uhmm_cuda_stats *
 	struct cuda_dev *b = cuda_of(d);
 	if (!b || !out)
 		return -EINVAL;
-	out->capacity = (uint64_t)b->npages * PAGE_SIZE;
-	out->physical = atomic_load(&b->physical);
-	out->bytes_to_device = atomic_load(&b->bytes_to);
-	out->bytes_to_host = atomic_load(&b->bytes_from);
-	out->pages_compacted = atomic_load(&b->compacted);
-	out->granules_mapped = atomic_load(&b->mapped);
-	out->granules_unmapped = atomic_load(&b->unmapped);
-	out->alloc_failures = atomic_load(&b->alloc_failures);
+	long n = sized_check(out, CUDA_STATS_V1, CUDA_STATS_KNOWN);
+	if (n < 0)
+		return (int)n;
+	struct uhmm_cuda_stats s = { .sz = out->sz };
+	s.capacity = (uint64_t)b->npages * PAGE_SIZE;
+	s.physical = atomic_load(&b->physical);
+	s.bytes_to_device = atomic_load(&b->bytes_to);
+	s.bytes_to_host = atomic_load(&b->bytes_from);
+	s.pages_compacted = atomic_load(&b->compacted);
+	s.granules_mapped = atomic_load(&b->mapped);
+	s.granules_unmapped = atomic_load(&b->unmapped);
+	s.alloc_failures = atomic_load(&b->alloc_failures);
+	memcpy(out, &s, (size_t)n);
 	return 0;
 }
 
@@ -1450,7 +1491,18 @@ out:
 UHMM_API int uhmm_cuda_create(struct uhmm *h, int ordinal, const struct uhmm_cuda_options *opts,
                               struct uhmm_device **out)
 {
-	if (!h || !out || ordinal < 0 || (opts && opts->flags)) {
+	struct uhmm_cuda_options oc = { 0 };
+	if (opts) {
+		/* Fields past the caller's sz stay 0: their defaults. */
+		long n = sized_check(opts, CUDA_OPTIONS_V1, CUDA_OPTIONS_KNOWN);
+		if (n < 0) {
+			scopy(t_err, sizeof(t_err), "invalid argument (opts->sz)", NULL, NULL);
+			return (int)n;
+		}
+		memcpy(&oc, opts, (size_t)n);
+		opts = &oc;
+	}
+	if (!h || !out || ordinal < 0 || (opts && (opts->flags || opts->reserved))) {
 		scopy(t_err, sizeof(t_err), "invalid argument", NULL, NULL);
 		return -EINVAL;
 	}

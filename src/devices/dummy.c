@@ -510,6 +510,15 @@ UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *
 {
 	if (!h || !out)
 		return -EINVAL;
+	struct uhmm_dummy_options oc = { 0 };
+	if (o) {
+		/* Fields past the caller's sz stay 0: their defaults. */
+		long n = sized_check(o, UHMM_DUMMY_V1, UHMM_DUMMY_KNOWN);
+		if (n < 0)
+			return (int)n;
+		memcpy(&oc, o, (size_t)n);
+		o = &oc;
+	}
 	size_t cap = o && o->capacity ? o->capacity : (1UL << 30);
 	unsigned flags = o && o->devmem_flags ? o->devmem_flags
 	                                      : UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION |

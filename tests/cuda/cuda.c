@@ -42,6 +42,7 @@ static const char *expect(void)
 static int group_setup(void **state)
 {
 	(void)state;
+	g_info.sz = sizeof(g_info);
 	g_rc = uhmm_cuda_available(&g_info);
 	if (g_rc)
 		print_message("CUDA: not available (%s): %s\n", strerror(-g_rc), g_info.reason);
@@ -71,7 +72,7 @@ static void *sym(const char *name)
 
 static struct uhmm_device *t_cuda(struct uhmm *h, size_t capacity)
 {
-	struct uhmm_cuda_options o = { .capacity = capacity, .flags = 0 };
+	struct uhmm_cuda_options o = { .sz = sizeof(struct uhmm_cuda_options), .capacity = capacity, .flags = 0 };
 	struct uhmm_device *d = NULL;
 	int rc = uhmm_cuda_create(h, 0, &o, &d);
 	if (rc)
@@ -86,7 +87,7 @@ static struct uhmm_device *t_cuda(struct uhmm *h, size_t capacity)
 
 static struct uhmm_cuda_stats cstats(struct uhmm_device *d)
 {
-	struct uhmm_cuda_stats s;
+	struct uhmm_cuda_stats s = UHMM_CUDA_STATS_INIT;
 	assert_int_equal(uhmm_cuda_stats_get(d, &s), 0);
 	return s;
 }
@@ -106,7 +107,7 @@ static void *gpu_read(uint64_t dp, size_t n)
 static void cuda_available_reports(void **state)
 {
 	(void)state;
-	struct uhmm_cuda_info i;
+	struct uhmm_cuda_info i = UHMM_CUDA_INFO_INIT;
 	assert_int_equal(uhmm_cuda_available(NULL), -EINVAL);
 	int rc = uhmm_cuda_available(&i);
 	assert_int_equal(rc, g_rc); /* stable */
@@ -141,7 +142,7 @@ static void cuda_create_unavailable(void **state)
 	struct uhmm *h = t_open(state);
 	for (int k = 0; k < 50; k++) {
 		struct uhmm_device *d = NULL;
-		struct uhmm_cuda_options o = { .capacity = 64 << 20, .flags = 0 };
+		struct uhmm_cuda_options o = { .sz = sizeof(struct uhmm_cuda_options), .capacity = 64 << 20, .flags = 0 };
 		assert_int_equal(uhmm_cuda_create(h, 0, k % 2 ? &o : NULL, &d), g_rc);
 		assert_null(d);
 		assert_true(uhmm_cuda_last_error(NULL)[0] != '\0');
@@ -159,7 +160,7 @@ static void cuda_bad_args(void **state)
 {
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = NULL;
-	struct uhmm_cuda_options bad = { .capacity = 0, .flags = 1 };
+	struct uhmm_cuda_options bad = { .sz = sizeof(struct uhmm_cuda_options), .capacity = 0, .flags = 1 };
 	assert_int_equal(uhmm_cuda_create(NULL, 0, NULL, &d), -EINVAL);
 	assert_int_equal(uhmm_cuda_create(h, 0, NULL, NULL), -EINVAL);
 	assert_int_equal(uhmm_cuda_create(h, -1, NULL, &d), -EINVAL);
@@ -176,11 +177,12 @@ static void cuda_bad_args(void **state)
 	assert_int_equal(uhmm_cuda_prefetch(dm, p, PS(), NULL), -EINVAL);
 	assert_int_equal(uhmm_cuda_sync(NULL), -EINVAL);
 	assert_int_equal(uhmm_cuda_sync(dm), -EINVAL);
-	struct uhmm_cuda_stats st;
+	struct uhmm_cuda_stats st = UHMM_CUDA_STATS_INIT;
 	assert_int_equal(uhmm_cuda_stats_get(NULL, &st), -EINVAL);
 	assert_int_equal(uhmm_cuda_stats_get(dm, &st), -EINVAL);
 	struct uhmm_cuda_launch l;
 	memset(&l, 0, sizeof(l));
+	l.sz = sizeof(l);
 	assert_int_equal(uhmm_cuda_launch(NULL, &l), -EINVAL);
 	void *fn = NULL;
 	assert_int_equal(uhmm_cuda_function(dm, uhmm_kernels_ptx, "uhmm_fill", &fn), -EINVAL);
@@ -361,12 +363,29 @@ static void cuda_launch_fill(void **state)
 	void *params[] = { &dp, &val, &words };
 	struct uhmm_cuda_launch l;
 	memset(&l, 0, sizeof(l));
+	l.sz = sizeof(l);
 	l.function = fn;
 	l.grid[0] = (unsigned)((words + 255) / 256);
 	l.block[0] = 256;
 	l.params = params;
 	l.uses = &use;
 	l.nuses = 1;
+	/* A bad sz is refused before anything is prefetched or launched. */
+	struct uhmm_cuda_stats before = cstats(d);
+	l.sz = 0;
+	assert_int_equal(uhmm_cuda_launch(d, &l), -EINVAL);
+	union {
+		struct uhmm_cuda_launch l;
+		unsigned char b[sizeof(struct uhmm_cuda_launch) + 16];
+	} big;
+	memset(&big, 0, sizeof(big));
+	big.l = l;
+	big.l.sz = sizeof(big);
+	big.b[sizeof(big) - 1] = 1; /* a field this library does not know */
+	assert_int_equal(uhmm_cuda_launch(d, &big.l), -EINVAL);
+	assert_int_equal(cstats(d).bytes_to_device, before.bytes_to_device);
+	assert_int_equal(cstats(d).granules_mapped, before.granules_mapped);
+	l.sz = sizeof(l);
 	rc = uhmm_cuda_launch(d, &l);
 	if (rc)
 		fail_msg("launch: %s (%s)", strerror(-rc), uhmm_cuda_last_error(d));

@@ -57,8 +57,9 @@ static void die(const char *what, long v)
 
 static void setup(void)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.fault_mode = UHMM_FAULT_THREAD;
 	if (uhmm_open(&o, &H) || uhmm_open(&o, &H2))
 		die("uhmm_open", 0);
@@ -371,7 +372,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 		case 18: { /* stats, sysinfo, names on NULL */
-			struct uhmm_stats st;
+			struct uhmm_stats st = UHMM_STATS_INIT;
+			if (u8(&in) & 1) /* any sz that stays inside st */
+				st.sz = u8(&in) % (sizeof(st) + 1);
 			check_ret("uhmm_stats_get", uhmm_stats_get(u8(&in) & 1 ? H : NULL, u8(&in) & 1 ? &st : NULL));
 			struct uhmm_dummy_counters c;
 			check_ret("uhmm_dummy_counters_get",
@@ -381,12 +384,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 		case 19: { /* options */
-			struct uhmm_options o;
+			struct uhmm_options o = UHMM_OPTIONS_INIT;
 			memset(&o, 0, sizeof(o));
+			o.sz = sizeof(o);
 			o.fault_mode = (enum uhmm_fault_mode)(u8(&in) % 6);
 			o.fault_around = u32(&in);
 			o.flags = u32(&in) & 3;
 			o.spin_us = 1;
+			if (u8(&in) & 1) /* any sz that stays inside o */
+				o.sz = u8(&in) % (sizeof(o) + 1);
 			struct uhmm *x = NULL;
 			r = uhmm_open(u8(&in) & 1 ? &o : NULL, u8(&in) % 5 ? &x : NULL);
 			check_ret("uhmm_open", r);

@@ -125,8 +125,9 @@ static void exclusive_mprotect(void **state)
 static void exclusive_coherent(void **state)
 {
 	struct uhmm *h = t_open_nofa(state);
-	struct uhmm_dummy_options o;
+	struct uhmm_dummy_options o = UHMM_DUMMY_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.devmem_flags = UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION;
 	struct uhmm_device *d = NULL;
 	int rc = uhmm_dummy_create(h, &o, &d);

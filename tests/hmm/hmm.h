@@ -247,9 +247,10 @@ static inline int wait_child(pid_t pid)
 /* A fresh context in the child (one does not survive fork): mode as given. */
 static inline struct uhmm *child_open(enum uhmm_fault_mode mode)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	struct uhmm *h = NULL;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.fault_mode = mode;
 	if (uhmm_open(&o, &h) != 0)
 		return NULL;

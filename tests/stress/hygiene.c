@@ -155,9 +155,10 @@ static void badinput_more(void **state)
 	assert_non_null(buf);
 
 	/* uhmm_open: fault_mode out of range on the other side. */
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	struct uhmm *x = NULL;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.fault_mode = (enum uhmm_fault_mode)-1;
 	assert_int_equal(uhmm_open(&o, &x), -EINVAL);
 	assert_null(x);
@@ -226,9 +227,10 @@ static void badinput_more(void **state)
 	assert_int_equal(uhmm_devmem_remove(m), 0);
 
 	/* Dummy options. */
-	struct uhmm_dummy_options dopt;
+	struct uhmm_dummy_options dopt = UHMM_DUMMY_OPTIONS_INIT;
 	struct uhmm_device *dx = NULL;
 	memset(&dopt, 0, sizeof(dopt));
+	dopt.sz = sizeof(dopt);
 	dopt.devmem_flags = 1u << 12;
 	assert_int_equal(uhmm_dummy_create(h, &dopt, &dx), -EINVAL);
 	dopt.devmem_flags = UHMM_DEVMEM_UNADDRESSABLE;

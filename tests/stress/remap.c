@@ -53,8 +53,9 @@ static void move_region(char *from, char *to)
 
 static void scene_open(void **state, struct scene *s)
 {
-	struct uhmm_options o;
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.flags = UHMM_OPT_NO_MOVE; /* every migration takes the copy fallback */
 	memset(s, 0, sizeof(*s));
 	s->h = t_open_opts(state, &o);

@@ -1136,8 +1136,9 @@ int main(int argc, char **argv)
 #endif
 	if (opt_fallback_delay)
 		atomic_store(&debug_hook, fallback_delay);
-	struct uhmm_options uo;
+	struct uhmm_options uo = UHMM_OPTIONS_INIT;
 	memset(&uo, 0, sizeof(uo));
+	uo.sz = sizeof(uo);
 	uo.fault_mode = opt_mode;
 	uo.flags = opt_no_move ? UHMM_OPT_NO_MOVE : 0;
 	int rc = uhmm_open(&uo, &H);
@@ -1193,8 +1194,9 @@ int main(int argc, char **argv)
 		final_check(&W[t]);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 
-	struct uhmm_stats st;
+	struct uhmm_stats st = UHMM_STATS_INIT;
 	memset(&st, 0, sizeof(st));
+	st.sz = sizeof(st);
 	uhmm_stats_get(H, &st);
 	while (ndevmem > 0) {
 		rc = uhmm_devmem_remove(devmems[--ndevmem]);

@@ -35,9 +35,10 @@ static int child_check(const char *path, unsigned seed, unsigned new_seed)
 {
 	struct uhmm *h = NULL;
 	struct uhmm_device *d = NULL;
-	struct uhmm_dummy_options o;
+	struct uhmm_dummy_options o = UHMM_DUMMY_OPTIONS_INIT;
 	void *q = NULL;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.devmem_flags = CLS_PERSISTENT;
 	o.capacity = NP * PS();
 	o.path = path;

@@ -176,9 +176,10 @@ static void table_dummy(void **state)
 	for (size_t i = 0; i < NFLAGS; i++) {
 		unsigned f = all_flags[i];
 		enum cls c = expected(f, K_DUMMY);
-		struct uhmm_dummy_options o;
+		struct uhmm_dummy_options o = UHMM_DUMMY_OPTIONS_INIT;
 		struct uhmm_device *d = NULL;
 		memset(&o, 0, sizeof(o));
+		o.sz = sizeof(o);
 		o.devmem_flags = f;
 		int rc = uhmm_dummy_create(h, &o, &d);
 		if (rc != expected_rc(c))
@@ -353,9 +354,10 @@ static void table_files(void **state)
 	assert_int_equal(uhmm_device_destroy(d), 0);
 
 	/* The dummy device with a path. */
-	struct uhmm_dummy_options o;
+	struct uhmm_dummy_options o = UHMM_DUMMY_OPTIONS_INIT;
 	struct uhmm_device *dd = NULL;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.path = shm;
 	o.devmem_flags = CLS_PRIVATE;
 	assert_int_equal(uhmm_dummy_create(h, &o, &dd), -EINVAL);

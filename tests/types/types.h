@@ -30,9 +30,10 @@ static inline size_t GP(void)
 static inline struct uhmm_device *t_dummy_cls(struct uhmm *h, unsigned flags, size_t capacity,
                                               const char *path)
 {
-	struct uhmm_dummy_options o;
+	struct uhmm_dummy_options o = UHMM_DUMMY_OPTIONS_INIT;
 	struct uhmm_device *d = NULL;
 	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
 	o.devmem_flags = flags;
 	o.capacity = capacity;
 	o.path = path;
