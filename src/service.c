@@ -110,25 +110,17 @@ static int serve_fault(struct uhmm *h, uintptr_t addr, unsigned flags, uint32_t 
 		if (!(flags & FAULT_DRAINED))
 			return -ENOENT;
 		/* Or a mapping of ours that mremap grew in place (no event):
-		 * its tail is managed memory, served as such. */
-		if (!known && range_discover(h, addr, addr + 1) > 0) {
-			tok = ebr_enter();
-			if (range_lookup_managed(h, addr, &r)) {
-				rc = fault_resolve(h, &r, addr, flags | FAULT_SERVICE, ptid ? ptid : 1);
-				ebr_exit(tok);
-				if (rc == -EFAULT) {
-					fail_access(h, addr, ptid);
-					return 0;
-				}
-				return rc;
-			}
+		 * its tail is managed memory, served as such below. */
+		bool grown = !known && range_discover(h, addr, addr + 1) > 0;
+		tok = ebr_enter();
+		if (!grown || !range_lookup_managed(h, addr, &r)) {
 			ebr_exit(tok);
+			size_t done;
+			if (uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done) == -EAGAIN)
+				return -EAGAIN;
+			uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);
+			return 0;
 		}
-		size_t done;
-		if (uffd_zeropage(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE, &done) == -EAGAIN)
-			return -EAGAIN;
-		uffd_wake(h->uffd, addr & ~PAGE_MASK, PAGE_SIZE);
-		return 0;
 	}
 	rc = fault_resolve(h, &r, addr, flags | FAULT_SERVICE, ptid ? ptid : 1);
 	ebr_exit(tok);
