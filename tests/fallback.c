@@ -78,8 +78,6 @@ static void fallback_env(void **state)
 static void fallback_default_moves(void **state)
 {
 	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
-	memset(&si, 0, sizeof(si));
-	si.sz = sizeof(si);
 	assert_int_equal(uhmm_sysinfo_get(&si), 0);
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);

@@ -108,8 +108,6 @@ static void range_free_device(void **state)
 static void range_syscall(void **state)
 {
 	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
-	memset(&si, 0, sizeof(si));
-	si.sz = sizeof(si);
 	assert_int_equal(uhmm_sysinfo_get(&si), 0);
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
@@ -153,8 +151,6 @@ static void range_syscall(void **state)
 static void range_syscall_fresh(void **state)
 {
 	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
-	memset(&si, 0, sizeof(si));
-	si.sz = sizeof(si);
 	assert_int_equal(uhmm_sysinfo_get(&si), 0);
 	struct uhmm *h = t_open(state);
 	struct uhmm_device *d = t_dummy(h);
