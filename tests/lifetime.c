@@ -19,8 +19,11 @@
 #define HOLD_US 100000   /* the delay point holds a thread this long */
 #define LEAD_US 20000    /* the racing call starts this long into it */
 
-static void set_delay(const char *spec)
+/* Hold every thread that reaches the named point for HOLD_US. */
+static void set_delay(const char *point)
 {
+	char spec[64];
+	snprintf(spec, sizeof(spec), "%s:%d", point, HOLD_US);
 	assert_int_equal(setenv("UHMM_DEBUG_DELAY", spec, 1), 0);
 }
 
@@ -64,7 +67,7 @@ static void *migrator_main(void *arg)
  * for the release to finish). */
 static void destroy_waits_for_release(void **state, bool host_backed, bool by_fault)
 {
-	set_delay("release:" "100000");
+	set_delay("release");
 	struct uhmm *h = t_open_nofa(state);
 	clear_delay();
 	struct tdev *t = tdev_create(h, host_backed, 64);
@@ -119,7 +122,7 @@ static void lifetime_destroy_during_home_copy(void **state)
  * bring them home once the migration put data in them. */
 static void remove_waits_for_alloc(void **state, bool host_backed)
 {
-	set_delay("alloc:" "100000");
+	set_delay("alloc");
 	struct uhmm *h = t_open(state);
 	clear_delay();
 	struct tdev *t = tdev_create(h, host_backed, 64);
