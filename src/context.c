@@ -187,6 +187,11 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	pthread_mutex_init(&h->selfremove_lock, NULL);
 	pthread_mutex_init(&h->selfremove_mu, NULL);
 	pthread_mutex_init(&h->remap_lock, NULL);
+	pthread_mutex_init(&h->owed_lock, NULL);
+	if (h->use_wp) {
+		void *pp = mmap(NULL, PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		h->probe = pp == MAP_FAILED ? 0 : (uintptr_t)pp;
+	}
 	pthread_mutex_init(&h->grow_mu, NULL);
 	status_open(h, &o); /* before any thread that counts */
 
@@ -213,6 +218,8 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	return 0;
 fail_tables:
 	status_close(h);
+	if (h->probe)
+		munmap((void *)h->probe, PAGE_SIZE);
 	ptable_destroy(&h->pt);
 fail:
 	close(h->uffd);
@@ -271,6 +278,9 @@ UHMM_API int uhmm_close(struct uhmm *h)
 	pthread_mutex_destroy(&h->selfremove_lock);
 	pthread_mutex_destroy(&h->selfremove_mu);
 	pthread_mutex_destroy(&h->grow_mu);
+	owed_destroy(h);
+	if (h->probe)
+		munmap((void *)h->probe, PAGE_SIZE);
 	free(h);
 	return 0;
 }

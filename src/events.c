@@ -420,29 +420,41 @@ void range_reset_nowait(struct uhmm *h, uintptr_t start, uintptr_t end)
 	ptable_walk(&h->pt, start, end, reset_dest_one, h);
 }
 
-void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
+/*
+ * Is the old range of a REMAP still registered here (MREMAP_DONTUNMAP
+ * leaves it mapped, empty and still registered with our userfaultfd)?
+ * Otherwise the addresses may already hold someone else's new mapping.
+ * Removing write protection succeeds only on a range registered (for WP)
+ * with this userfaultfd.  It fails with EAGAIN while another event is
+ * queued (only this thread can read it): then the mapping's flags say
+ * whether it is registered (no one else can register it while the
+ * registry still holds it).  Registered may also mean that a newer
+ * mapping was moved there already: the service thread tells the two
+ * apart by the source's UNMAP (service.c, remap_source_unmapped).
+ */
+bool remap_source_registered(struct uhmm *h, uintptr_t from, size_t len)
+{
+	int r = h->use_wp ? uffd_wp(h->uffd, from, len, false) : -EAGAIN;
+	return r != -EAGAIN ? r == 0 : vma_registered(from);
+}
+
+void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool still)
 {
 	mirror_invalidate(h, from, from + len, UHMM_EVENT_REMAP, NULL);
 	mirror_invalidate(h, to, to + len, UHMM_EVENT_REMAP, NULL);
-	/* Whatever the table said about the destination described memory
-	 * that is gone (mremap replaced it). */
+	/* What the registry still holds at the destination has gone (the
+	 * kernel moves only into free addresses), and its UNMAP is still to
+	 * come (owed.c).  Whatever the table said about it described memory
+	 * that is gone. */
+	range_owed_occupied(h, to, to + len);
 	ptable_walk(&h->pt, to, to + len, reset_dest_one, h);
 	struct remap_arg ra = { h, from, to };
 	ptable_walk(&h->pt, from, from + len, remap_one, &ra);
-	/* MREMAP_DONTUNMAP leaves the old range mapped, empty and still
-	 * registered with our userfaultfd; otherwise the addresses may already
-	 * hold someone else's new mapping.  Removing write protection succeeds
-	 * only on a range registered (for WP) with this userfaultfd.  It fails
-	 * with EAGAIN while another event is queued (only this thread can read
-	 * it): then the mapping's flags say whether it is registered (no one
-	 * else can register it while the registry still holds it). */
-	bool still;
-	int r = h->use_wp ? uffd_wp(h->uffd, from, len, false) : -EAGAIN;
-	if (r != -EAGAIN)
-		still = r == 0;
-	else
-		still = vma_registered(from);
-	PTRACE(EV_REMAP, 0, from, len, to, still | (r == -EAGAIN ? 2 : 0));
+	PTRACE(EV_REMAP, 0, from, len, to, still);
+	/* A move (not MREMAP_DONTUNMAP) raises the UNMAP of its source next;
+	 * a newer mapping may be moved there before it is read. */
+	if (!still)
+		owed_add(h, from, from + len);
 	range_move(h, from, to, len, still);
 	/* The event carries the old length; a mapping mremap grew while it
 	 * moved it is registered over its new length (range_discover). */
@@ -450,27 +462,25 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len)
 }
 
 /*
- * munmap: forget the range and drop its pages.  The kernel queues the
- * UNMAP event after the unmap and after releasing its lock, so an mremap
- * into the freed addresses can queue its REMAP first: handled in queue
- * order, this UNMAP would then drop the moved range.  Parts of the range
- * that are mapped and registered now belong to such a newer mapping (no
- * registration by uhmm overtakes a queued event: manage waits for them)
- * and are left alone.
+ * munmap: forget the range and drop its pages, except where the UNMAP is
+ * one still due for a mapping that was there before the one there now
+ * (owed.c: such an UNMAP can come after the REMAP that moved the newer
+ * mapping in, and even after the one that moved it on).
  */
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
-	struct vma_info live[16];
-	int n = range_touches(h, start, end) ? vmas_registered(start, end, live, 16) : 0;
 	uintptr_t at = start;
-	for (int i = 0; i <= (n > 0 ? n : 0); i++) {
-		uintptr_t stop = i < n ? live[i].start : end;
+	while (at < end) {
+		uintptr_t os, oe;
+		bool owed = owed_take_next(h, at, end, &os, &oe);
+		uintptr_t stop = owed ? os : end;
 		if (stop > at) {
-			PTRACE(UNMAP_PART, 0, at, stop - at, n, 0);
+			PTRACE(UNMAP_PART, 0, at, stop - at, 0, 0);
 			discard_range(h, at, stop, UHMM_EVENT_UNMAP);
 			range_forget(h, at, stop);
 		}
-		if (i < n)
-			at = MAX(at, live[i].end);
+		if (!owed)
+			break;
+		at = oe;
 	}
 }

@@ -442,6 +442,7 @@ int uffd_zeropage(int fd, uintptr_t dst, size_t len, size_t *done);
 int uffd_copy(int fd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done);
 int uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
 int uffd_wp(int fd, uintptr_t start, size_t len, bool protect);
+bool uffd_events_pending(int fd, uintptr_t probe);
 int uffd_wake(int fd, uintptr_t start, size_t len);
 int uffd_poison(int fd, uintptr_t start, size_t len);
 /* Mark the calling thread as a service thread: userfaultfd calls return
@@ -543,6 +544,8 @@ struct uhmm {
 	pthread_t service;
 	bool service_running;
 	int wake_fd;              /* eventfd: stop / page unlocked */
+	uintptr_t probe;          /* a page never registered: uffd_events_pending (0: none) */
+	unsigned svc_unhandled;   /* service thread only: UNMAP/REMAP read, not handled yet */
 	_Atomic bool stopping;
 	_Atomic long waiting;     /* deferred faults in the service thread */
 	_Atomic uint64_t svc_seq; /* odd while the service thread handles a batch */
@@ -573,6 +576,8 @@ struct uhmm {
 	_Atomic uint64_t grow_req, grow_done;
 	pthread_mutex_t remap_lock;     /* pending moves of busy entries (mremap) */
 	struct remap_pending *remaps;
+	pthread_mutex_t owed_lock;      /* UNMAP events still due, per address (owed.c) */
+	struct owed_set *owed;
 	/* The counters: in the live-status segment when there is one (the
 	 * same adds, where `uhmm top` reads them), else stats_local. */
 	_Atomic uint64_t *stats;
@@ -709,7 +714,9 @@ void mirror_invalidate(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm
 
 /* Events from the kernel (service.c → context state). */
 void discard_range(struct uhmm *h, uintptr_t start, uintptr_t end, enum uhmm_event ev);
-void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len);
+/* still: the old range stays (MREMAP_DONTUNMAP), no UNMAP of it follows. */
+void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool still);
+bool remap_source_registered(struct uhmm *h, uintptr_t from, size_t len);
 /* page_unlock of an entry marked PTE_REMAP: move value to its new address. */
 void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
 /* page_unlock of an entry marked PTE_REMAP or PTE_INSTALL (events.c). */
@@ -717,6 +724,24 @@ bool remap_release(struct uhmm *h, _Atomic uint64_t *e, uint64_t *cur);
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
+
+/* UNMAP events due at addresses another mapping holds now (owed.c). */
+void owed_add(struct uhmm *h, uintptr_t start, uintptr_t end);
+/* The first part of [at, end) with a count: one taken from it, true. */
+bool owed_take_next(struct uhmm *h, uintptr_t at, uintptr_t end, uintptr_t *ps, uintptr_t *pe);
+size_t owed_query(struct uhmm *h, uintptr_t addr);
+void owed_destroy(struct uhmm *h);
+/* The parts of [start, end) that h's ranges hold (not pools, not dying):
+ * count them owed (range.c). */
+void range_owed_occupied(struct uhmm *h, uintptr_t start, uintptr_t end);
+/* The parts of [start, end) h's ranges hold (as above); up to max. */
+struct vma_info;
+int range_held_parts(struct uhmm *h, uintptr_t start, uintptr_t end, struct vma_info *out, int max);
+/* Tests only: the service thread holds back the next debug_hold_count
+ * UNMAP/REMAP events from debug_hold_addr until debug_hold_after more
+ * messages are read (service.c). */
+extern _Atomic uintptr_t debug_hold_addr;
+extern _Atomic unsigned debug_hold_count, debug_hold_after, debug_hold_unmap_only;
 
 /* Tests only (tests/stress/remap.c; delay.c has the rule of interleaving
  * points): called at the points below with the
@@ -749,7 +774,7 @@ void contexts_unlock(void);
 	X(UFFD_MOVE) X(UFFD_COPY) X(UFFD_ZERO) X(UFFD_WP) X(UFFD_REG) X(UFFD_UNREG)  \
 	X(PROCMEM_READ) X(SELF_DISCARD) X(REG_EDIT) X(REG_INSERT) X(FAULT)           \
 	X(FAULT_SVC) X(MIG_DEV) X(MIG_SYS) X(RECHECK_DROP) X(DEV_ACCESS)             \
-	X(MAKE_PRESENT) X(RESET)                                                     \
+	X(MAKE_PRESENT) X(RESET) X(OWED)                                             \
 	X(APP_CPU_WRITE) X(APP_DEV_WRITE) X(APP_MADVISE) X(APP_MUNMAP) X(APP_MREMAP) \
 	X(APP_ALLOC) X(APP_FREE) X(APP_RANGE_ADD) X(APP_RANGE_REMOVE) X(APP_CHECK)   \
 	X(APP_FORK) X(APP_MIGRATE) X(APP_FOREIGN) X(APP_FAIL)

@@ -448,6 +448,7 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	 * is read the kernel fails userfaultfd calls with EAGAIN; once it is
 	 * (in the gate: read means handled) the marks are complete.  Removing
 	 * the write protection is that call (the pages are gone from here). */
+again:
 	while (uffd_wp(h->uffd, a, len, false) == -EAGAIN) {
 		depth = gate_pause(h);
 		gate_wait_service(h);
@@ -481,6 +482,13 @@ static void copy_run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 		char c;
 		p[i].err = !remap_dest(h, p[i].e, &to) || procmem_read(&c, to, 1) == 1 ? -ENOENT : 0;
 	}
+	/* The answers hold only if no mremap moved the pages while we looked
+	 * (one moving them on, or back here, from where we looked): its
+	 * event cannot have been read (we are in the gate), so the kernel
+	 * still fails userfaultfd calls with EAGAIN.  Then look again, once
+	 * its event is handled (RELIABILITY.md finding 27). */
+	if (uffd_wp(h->uffd, a, len, false) == -EAGAIN)
+		goto again;
 	stat_add(h, ST_FALLBACK, k);
 	return;
 undo:

@@ -281,6 +281,29 @@ static void registry_edit(struct uhmm *h, uintptr_t start, uintptr_t end, int op
 	pthread_mutex_unlock(&g_lock);
 }
 
+int range_held_parts(struct uhmm *h, uintptr_t start, uintptr_t end, struct vma_info *out, int max)
+{
+	int n = 0;
+	unsigned tok = ebr_enter();
+	struct range_set *s = atomic_load(&g_ranges);
+	for (size_t i = 0; s && i < s->n && n < max; i++) {
+		const struct range_ent *r = &s->e[i];
+		if (r->h != h || r->pool || r->persist || r->dying || r->end <= start || r->start >= end)
+			continue;
+		out[n++] = (struct vma_info){ .start = MAX(r->start, start), .end = MIN(r->end, end) };
+	}
+	ebr_exit(tok);
+	return n;
+}
+
+void range_owed_occupied(struct uhmm *h, uintptr_t start, uintptr_t end)
+{
+	struct vma_info part[32];
+	int n = range_held_parts(h, start, end, part, 32);
+	for (int i = 0; i < n; i++)
+		owed_add(h, part[i].start, part[i].end);
+}
+
 void range_forget(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	registry_edit(h, start, end, 0, 0);
@@ -361,6 +384,14 @@ int range_discover(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	struct vma_info v[16];
 	int nv = vmas_um(start, end, v, 16, false), added = 0;
+	/* What smaps showed may be an mremap whose event is not read yet (a
+	 * mapping moved in, or back): the registry does not know it, and the
+	 * memory added here would be taken for that mapping's when its event
+	 * comes.  Events are read and handled on this thread only: none made
+	 * but unread after the snapshot, and none read but not handled yet,
+	 * means it showed only what the registry has. */
+	if (nv > 0 && (h->svc_unhandled || uffd_events_pending(h->uffd, h->probe)))
+		return 0;
 	for (int i = 0; i < nv; i++) {
 		if (!touches_managed(h, v[i].start, v[i].end))
 			continue;
@@ -450,6 +481,13 @@ bool range_grow_request(struct uhmm *h, uintptr_t addr)
 void range_grow_serve(struct uhmm *h)
 {
 	if (atomic_load(&h->grow_req) == atomic_load(&h->grow_done))
+		return;
+	/* An mremap whose event is not read yet may have moved a managed
+	 * mapping where the request looked (or away): the registry is not
+	 * what the kernel has there until that event is handled, and memory
+	 * added now would be taken for another mapping's when it is.  Serve
+	 * the requests after the next batch. */
+	if (uffd_events_pending(h->uffd, h->probe))
 		return;
 	uintptr_t a[GROW_SLOTS];
 	pthread_mutex_lock(&h->grow_mu);
@@ -637,6 +675,11 @@ static int registry_insert_fresh(struct uhmm *h, uintptr_t start, uintptr_t end,
 				nanosleep(&(struct timespec){ 0, 100000 }, NULL);
 		}
 		r = registry_insert_ent(ent);
+	}
+	if (r == -EEXIST) {
+		struct range_ent c;
+		if (find_conflict(start, end, &c))
+			PTRACE(REG_INSERT, 0, c.start, c.end - c.start, 0xeee, (uintptr_t)c.h);
 	}
 	return r;
 }

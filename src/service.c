@@ -41,7 +41,19 @@ struct svc {
 	struct uhmm *h;
 	struct deferred *q;
 	size_t n, cap;
+	/* The messages of the batch in hand, in the order read; more are
+	 * read into it while a REMAP waits for its explanation
+	 * (remap_explain).  done: handled out of order already. */
+	struct uffd_msg *m;
+	bool *done;
+	size_t mn, mcap, mhead;
+	/* Tests only: messages held back until held_left more have been
+	 * read (debug_hold_addr). */
+	struct uffd_msg held[4];
+	unsigned nheld, held_left;
 };
+
+static void handle(struct svc *s, const struct uffd_msg *m, int depth);
 
 static uint64_t now_ns(void)
 {
@@ -218,9 +230,211 @@ static void cpu_change(struct uhmm *h, uintptr_t st, uintptr_t en, bool unmap)
 	}
 }
 
-static void handle(struct svc *s, const struct uffd_msg *m)
+/* ---- the order events are handled in ----
+ *
+ * The kernel queues an event after making its change and dropping its
+ * lock, so the events of different threads can be read in another order
+ * than their changes were made in.  One case is decidable and matters: a
+ * REMAP into addresses the registry still holds.  The kernel moves only
+ * into free addresses, so the mapping held there went first, and its
+ * event (an UNMAP, or a REMAP that moved it away) has not been read yet;
+ * it will be, as soon as the thread that made it is scheduled.  Handled
+ * in the order read, the REMAP would drop what is there and the late
+ * event would then undo or misroute the move (RELIABILITY.md finding 26
+ * (d)).  So the REMAP waits, reading on (a bounded time), for the events
+ * that explain its destination, and those are handled first.  A REMAP
+ * from there read after the waiting REMAP's own source UNMAP may be the
+ * moved mapping moving on (its mover is past that point): not an
+ * explanation.  Messages read meanwhile keep their order.  If the wait
+ * runs out, the late UNMAP is counted as owed instead (owed.c).
+ */
+#define EXPLAIN_NS (50 * 1000 * 1000ull)
+
+static bool svc_room(struct svc *s, size_t more)
+{
+	if (s->mn + more <= s->mcap)
+		return true;
+	size_t cap = MAX(s->mcap * 2, s->mn + more);
+	struct uffd_msg *m = realloc(s->m, cap * sizeof(*m));
+	if (!m)
+		return false;
+	s->m = m;
+	bool *d = realloc(s->done, cap * sizeof(*d));
+	if (!d)
+		return false;
+	s->done = d;
+	s->mcap = cap;
+	return true;
+}
+
+/* Tests only (tests/stress/late_unmap.c): hold back the next
+ * debug_hold_count UNMAP and REMAP events from the address
+ * debug_hold_addr (only UNMAPs if debug_hold_unmap_only) until debug_hold_after more messages are read, as if
+ * the kernel had queued them that late. */
+_Atomic uintptr_t debug_hold_addr;
+_Atomic unsigned debug_hold_count, debug_hold_after;
+_Atomic unsigned debug_hold_unmap_only; /* only UNMAP events */
+
+static bool is_mm_event(const struct uffd_msg *m)
+{
+	return m->event == UFFD_EVENT_REMAP || m->event == UFFD_EVENT_UNMAP;
+}
+
+static void svc_append(struct svc *s, const struct uffd_msg *m)
+{
+	s->m[s->mn] = *m;
+	s->done[s->mn++] = false;
+	if (is_mm_event(m))
+		s->h->svc_unhandled++;
+}
+
+static void svc_release_held(struct svc *s)
+{
+	for (unsigned k = 0; k < s->nheld; k++)
+		svc_append(s, &s->held[k]);
+	s->nheld = s->held_left = 0;
+}
+
+static bool debug_hold(struct svc *s, const struct uffd_msg *m)
+{
+	bool remap_too = !atomic_load(&debug_hold_unmap_only);
+	uintptr_t a = m->event == UFFD_EVENT_UNMAP ? m->arg.remove.start
+	            : m->event == UFFD_EVENT_REMAP && remap_too ? m->arg.remap.from : 0;
+	if (a != atomic_load(&debug_hold_addr) || s->nheld == 4)
+		return false;
+	s->held[s->nheld++] = *m;
+	if (s->nheld >= MAX(1u, atomic_load(&debug_hold_count)))
+		atomic_store(&debug_hold_addr, 0);
+	s->held_left = atomic_load(&debug_hold_after); /* 0: until this thread is idle */
+	return true;
+}
+
+/* Read what is queued (never blocks) onto the batch: how many messages
+ * were read (0 when only a held one was), or -1 with errno. */
+static ssize_t svc_read(struct svc *s)
+{
+	if (!svc_room(s, MSG_BATCH + 1)) {
+		errno = EAGAIN;
+		return -1;
+	}
+	struct uffd_msg in[MSG_BATCH];
+	ssize_t n = read(s->h->uffd, in, sizeof(in));
+	if (n <= 0)
+		return n < 0 ? -1 : 0;
+	n /= (ssize_t)sizeof(in[0]);
+	for (ssize_t i = 0; i < n; i++) {
+		if (unlikely(atomic_load_explicit(&debug_hold_addr, memory_order_relaxed)) &&
+		    debug_hold(s, &in[i]))
+			continue;
+		if (s->held_left && --s->held_left == 0)
+			svc_release_held(s);
+		svc_append(s, &in[i]);
+	}
+	return n;
+}
+
+static bool svc_read_more(struct svc *s)
+{
+	return svc_read(s) > 0;
+}
+
+/* Take [a, b) out of the intervals need[0..*n); true if it overlapped. */
+static bool cut_need(struct vma_info *need, int *n, int max, uintptr_t a, uintptr_t b)
+{
+	bool hit = false;
+	for (int i = 0; i < *n; i++) {
+		struct vma_info v = need[i];
+		if (b <= v.start || a >= v.end)
+			continue;
+		hit = true;
+		bool left = a > v.start, right = b < v.end;
+		if (left && right && *n < max) {
+			need[i].end = a;
+			need[(*n)++] = (struct vma_info){ .start = b, .end = v.end };
+		} else if (left) {
+			need[i].end = a;
+		} else if (right) {
+			need[i].start = b;
+		} else {
+			need[i--] = need[--*n];
+		}
+	}
+	return hit;
+}
+
+/* Does the UNMAP of a REMAP's source follow (a move), or is the source
+ * kept (MREMAP_DONTUNMAP)?  The mover queues that UNMAP as soon as its
+ * REMAP is read.  Where the source is registered now (kept, or a newer
+ * mapping moved there already), wait for it a bounded time. */
+static bool remap_source_unmapped(struct svc *s, uintptr_t from, size_t len)
+{
+	uint64_t t0 = 0;
+	size_t at = s->mhead;
+	for (bool probed = false;;) {
+		for (; at < s->mn; at++) {
+			const struct uffd_msg *q = &s->m[at];
+			if (!s->done[at] && q->event == UFFD_EVENT_UNMAP && q->arg.remove.start == from &&
+			    q->arg.remove.end == from + len)
+				return true;
+		}
+		if (!probed) {
+			probed = true;
+			if (!remap_source_registered(s->h, from, len))
+				return true;
+			t0 = now_ns();
+		}
+		if (now_ns() - t0 > EXPLAIN_NS)
+			return false;
+		if (!svc_read_more(s))
+			sched_yield();
+	}
+}
+
+static void remap_explain(struct svc *s, uintptr_t from, uintptr_t to, size_t len, int depth)
+{
+	struct vma_info need[16];
+	int nn = range_held_parts(s->h, to, to + len, need, 8);
+	if (nn <= 0 || depth > 3)
+		return;
+	uint64_t t0 = now_ns();
+	size_t found[16];
+	int nf = 0;
+	bool past_source = false;
+	size_t at = s->mhead;
+	for (;;) {
+		for (; at < s->mn && nn > 0 && nf < 16; at++) {
+			const struct uffd_msg *q = &s->m[at];
+			if (s->done[at])
+				continue;
+			if (q->event == UFFD_EVENT_UNMAP) {
+				if (q->arg.remove.start == from && q->arg.remove.end == from + len)
+					past_source = true;
+				if (cut_need(need, &nn, 16, q->arg.remove.start, q->arg.remove.end))
+					found[nf++] = at;
+			} else if (q->event == UFFD_EVENT_REMAP && !past_source) {
+				if (cut_need(need, &nn, 16, q->arg.remap.from, q->arg.remap.from + q->arg.remap.len))
+					found[nf++] = at;
+			}
+		}
+		if (nn == 0 || nf == 16 || now_ns() - t0 > EXPLAIN_NS)
+			break;
+		if (!svc_read_more(s))
+			sched_yield();
+	}
+	TRACE(TR_EV_REMAP, from, to, nf, nn ? 2 : 1);
+	PTRACE(EV_REMAP, 0, from, len, to, 0x100 | (unsigned)nf | (nn ? 0x200 : 0));
+	for (int i = 0; i < nf; i++) {
+		struct uffd_msg q = s->m[found[i]];
+		s->done[found[i]] = true;
+		handle(s, &q, depth + 1);
+	}
+}
+
+static void handle(struct svc *s, const struct uffd_msg *m, int depth)
 {
 	struct uhmm *h = s->h;
+	if (is_mm_event(m))
+		h->svc_unhandled--;
 	switch (m->event) {
 	case UFFD_EVENT_PAGEFAULT: {
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? FAULT_WRITE : 0;
@@ -248,12 +462,18 @@ static void handle(struct svc *s, const struct uffd_msg *m)
 		/* Never a discard's; maybe our own remapping of a coherent granule. */
 		cpu_change(h, m->arg.remove.start, m->arg.remove.end, true);
 		break;
-	case UFFD_EVENT_REMAP:
+	case UFFD_EVENT_REMAP: {
+		/* By value: remap_explain may read more messages (realloc). */
+		uintptr_t from = m->arg.remap.from, to = m->arg.remap.to;
+		size_t len = m->arg.remap.len;
 		stat_add(h, ST_EVENTS, 1);
-		TRACE(TR_EV_REMAP, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len, 0);
-		self_change_hole(h, m->arg.remap.from, m->arg.remap.from + m->arg.remap.len);
-		remap_range(h, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		TRACE(TR_EV_REMAP, from, to, len, 0);
+		remap_explain(s, from, to, len, depth);
+		bool still = !remap_source_unmapped(s, from, len);
+		self_change_hole(h, from, from + len);
+		remap_range(h, from, to, len, still);
 		break;
+	}
 	default:
 		break;
 	}
@@ -264,7 +484,6 @@ static void *service_main(void *arg)
 	struct uhmm *h = arg;
 	uffd_set_service_thread();
 	struct svc s = { .h = h };
-	struct uffd_msg msgs[MSG_BATCH];
 	uint64_t spin_ns = (uint64_t)h->spin_us * 1000, last = now_ns();
 	bool spin = h->mode == UHMM_FAULT_THREAD && h->spin_us > 1;
 
@@ -277,10 +496,22 @@ static void *service_main(void *arg)
 		 * the thread that caused it go on before we handled it. */
 		atomic_fetch_add(&h->svc_seq, 1);
 		atomic_fetch_add(&g_svc_busy, 1);
-		ssize_t n = read(h->uffd, msgs, sizeof(msgs));
+		s.mn = s.mhead = 0;
+		ssize_t n = svc_read(&s);
+		if (n < 0 && errno == EAGAIN && s.nheld && !s.held_left) {
+			/* Tests only (held "until idle"): the held ones now. */
+			svc_release_held(&s);
+			n = 1;
+		}
+		n = s.mn ? (ssize_t)s.mn : n;
 		if (n > 0) {
-			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
-				handle(&s, &msgs[i]);
+			while (s.mhead < s.mn) {
+				size_t i = s.mhead++;
+				if (!s.done[i]) {
+					struct uffd_msg q = s.m[i];
+					handle(&s, &q, 0);
+				}
+			}
 			range_grow_serve(h);
 			atomic_fetch_sub(&g_svc_busy, 1);
 			atomic_fetch_add(&h->svc_seq, 1);
@@ -318,6 +549,8 @@ static void *service_main(void *arg)
 			last = now_ns();
 	}
 	free(s.q);
+	free(s.m);
+	free(s.done);
 	return NULL;
 }
 

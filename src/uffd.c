@@ -271,6 +271,17 @@ int uffd_wp(int fd, uintptr_t start, size_t len, bool protect)
 	return r;
 }
 
+/* Is an event of this userfaultfd made but not read yet?  The kernel fails
+ * userfaultfd calls with EAGAIN from the moment an mremap or munmap made
+ * its change until its event is read; write-protect calls check that
+ * before they look at the range, so a page that is mapped but never
+ * registered answers without side effect (ENOENT). */
+bool uffd_events_pending(int fd, uintptr_t probe)
+{
+	struct uffdio_writeprotect w = { .range = { .start = probe, .len = PAGE_SIZE }, .mode = 0 };
+	return probe && xioctl(fd, UFFDIO_WRITEPROTECT, &w) == -EAGAIN;
+}
+
 int uffd_wake(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range range = { .start = start, .len = len };

@@ -200,8 +200,7 @@ static void fail(struct worker *w, const void *addr, const char *fmt, ...)
 	fprintf(stderr, "\n");
 #ifdef UHMM_TRACE
 	NOTE(APP_FAIL, addr, PS, w->id, w->op);
-	if (addr)
-		uhmm_trace_dump(H, addr);
+	uhmm_trace_dump(H, addr); /* the ring to UHMM_TRACE_FILE; about addr if any */
 #endif
 	for (unsigned k = w->nhist > 16 ? w->nhist - 16 : 0; k < w->nhist; k++)
 		fprintf(stderr, "uhmm-stress:   history: %s region %d base %p\n", w->hist[k % 16].name,
