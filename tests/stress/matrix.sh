@@ -10,7 +10,9 @@
 #
 # --long-ops adds one run per mode of that many operations, with the first
 # seed + 1000000.  Modes: thread, sigbus (fault modes), nomove (thread mode
-# with the copy fallback: no UFFDIO_MOVE).  Exit status 1 if any run failed
+# with the copy fallback: no UFFDIO_MOVE), back-thread and back-sigbus
+# (--mremap-back: every mremap moves its region away and straight back,
+# the pattern that reads events out of order: RELIABILITY.md finding 26).  Exit status 1 if any run failed
 # (non-zero exit, a mismatch, a hang caught by the watchdog, no summary);
 # the failing runs' output is kept in $MATRIX_LOGS (default: a temporary
 # folder, printed).
@@ -42,13 +44,15 @@ mode_args() {
 	thread) echo "--mode thread" ;;
 	sigbus) echo "--mode sigbus" ;;
 	nomove) echo "--mode thread --no-move" ;;
+	back-thread) echo "--mode thread --mremap-back" ;;
+	back-sigbus) echo "--mode sigbus --mremap-back" ;;
 	*) echo "matrix.sh: unknown mode $1" >&2; exit 2 ;;
 	esac
 }
 
 pass=0
 fail=0
-printf '%-8s %-7s %9s %13s %10s %8s  %s\n' seed mode ops "pages checked" mismatches time result
+printf '%-8s %-11s %9s %13s %10s %8s  %s\n' seed mode ops "pages checked" mismatches time result
 run() { # seed mode ops
 	local seed=$1 mode=$2 n=$3 log="$logs/seed$1-$2-$3.log"
 	local t0 t1 rc
@@ -70,7 +74,7 @@ run() { # seed mode ops
 		result="FAILED (exit $rc; log $log)"
 		fail=$((fail + 1))
 	fi
-	printf '%-8s %-7s %9s %13s %10s %7.1fs  %s\n' "$seed" "$mode" "$n" "${pages:--}" \
+	printf '%-8s %-11s %9s %13s %10s %7.1fs  %s\n' "$seed" "$mode" "$n" "${pages:--}" \
 		"${mism:--}" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$result"
 }
 
