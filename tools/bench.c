@@ -7,7 +7,7 @@
  * status only says whether every case ran and verified its data.
  *
  * This file is the framework (options, statistics, table, JSON); the cases
- * live in bench_cases.c.
+ * live in bench_cases.c, bench_copy.c and bench_cuda.c.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -48,6 +48,7 @@ static const struct bcase cases[] = {
 	{ "huge", case_huge, "2 MiB-aligned THP-backed migration both ways vs memcpy", false },
 	{ "metadata", case_metadata, "RSS cost of a 1 TiB managed range with SIZE touched", false },
 	{ "granule", case_granule, "sweep: fault-around 1..512 pages, migration 4 KiB..2 MiB", false },
+	{ "migrate-copy", case_migrate_copy, "uhmm_migrate both ways via a copy device vs memcpy, UFFDIO_COPY", false },
 	{ "cuda-migrate", case_cuda_migrate, "uhmm_migrate host <-> GPU, prefetch vs cuMemcpy from pinned memory", true },
 	{ "cuda-fault-back", case_cuda_fault_back, "CPU reads GPU-written data vs cuMemAllocManaged", true },
 	{ "cuda-saxpy", case_cuda_saxpy, "SAXPY 1 and 8 GiB on uhmm memory vs cuMemAlloc", true },
@@ -139,6 +140,7 @@ static const char *unit_name(enum bench_unit u)
 	case U_MS: return "ms";
 	case U_BPP: return "B/page";
 	case U_MIB: return "MiB";
+	case U_PCT: return "%";
 	}
 	return "";
 }
@@ -391,6 +393,7 @@ int cmd_bench(int argc, char **argv)
 	bopt.threads = 2;
 	bopt.reps = 5;
 	bopt.quick = false;
+	bopt.size_set = bopt.threads_set = false;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "s:t:r:j:qclh", lo, NULL)) != -1) {
 		switch (c) {
@@ -406,6 +409,7 @@ int cmd_bench(int argc, char **argv)
 			if (*end || v < 1 || v > 64)
 				return cli_usage_error("bench", "bad thread count '%s' (1..64)", optarg);
 			bopt.threads = (unsigned)v;
+			bopt.threads_set = true;
 			break;
 		}
 		case 'r': {
@@ -473,6 +477,7 @@ int cmd_bench(int argc, char **argv)
 		if (!have_reps)
 			bopt.reps = 3;
 	}
+	bopt.size_set = have_size;
 	g_tty = isatty(STDERR_FILENO);
 
 	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * `uhmm bench`: shared declarations of the framework (bench.c) and the
- * cases (bench_cases.c).
+ * cases (bench_cases.c, bench_copy.c, bench_cuda.c).
  */
 #ifndef UHMM_BENCH_H
 #define UHMM_BENCH_H
@@ -20,11 +20,13 @@ struct bench_opts {
 	unsigned threads; /* the threads case (default 2) */
 	int reps;         /* repetitions per figure (default 5) */
 	bool quick;       /* smoke run: tiny sizes */
+	bool size_set;    /* --size given (a case may have its own default) */
+	bool threads_set; /* --threads given (migrate-copy: else 1 and 2) */
 };
 
 extern struct bench_opts bopt;
 
-enum bench_unit { U_GBPS, U_US, U_MS, U_BPP, U_MIB };
+enum bench_unit { U_GBPS, U_US, U_MS, U_BPP, U_MIB, U_PCT };
 enum bench_cmp { CMP_NONE, CMP_GE, CMP_LE };
 
 /* A series of per-repetition samples. */
@@ -68,6 +70,9 @@ void progress(const char *cname, const char *variant, int rep, int reps);
 void bench_error(const char *cname, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 double now_s(void);
 
+/* Shared by the cases (bench_cases.c): this process's RSS in bytes, -1 unknown. */
+long statm_rss(void);
+
 /* The cases: 0 ok, -1 failed (error printed). */
 int case_migrate_to_device(void);
 int case_migrate_to_system(void);
@@ -79,6 +84,9 @@ int case_threads(void);
 int case_huge(void);
 int case_metadata(void);
 int case_granule(void);
+
+/* The copy path (bench_copy.c). */
+int case_migrate_copy(void);
 
 /* The CUDA cases (bench_cuda.c): run with --cuda or by name. */
 int case_cuda_migrate(void);

@@ -897,7 +897,7 @@ int case_threads(void)
 
 /* ---- metadata ---- */
 
-static long statm_rss(void)
+long statm_rss(void)
 {
 	FILE *f = fopen("/proc/self/statm", "r");
 	long size = 0, rss = -1;
