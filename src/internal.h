@@ -742,6 +742,7 @@ int range_held_parts(struct uhmm *h, uintptr_t start, uintptr_t end, struct vma_
  * messages are read (service.c). */
 extern _Atomic uintptr_t debug_hold_addr;
 extern _Atomic unsigned debug_hold_count, debug_hold_after, debug_hold_unmap_only;
+#define DEBUG_HOLD_UNTIL_WAIT 0xffffffffu
 
 /* Tests only (tests/stress/remap.c; delay.c has the rule of interleaving
  * points): called at the points below with the

@@ -99,7 +99,7 @@ static void assert_region(struct scene *s, char *p, unsigned seed)
  * mapped at X (the move back had been made, its REMAP not yet handled)
  * and dropped the moved region's pages: Y read back as NONE / zeros.
  * past_wait: the move back comes only after the REMAP into X stopped
- * waiting for that UNMAP (50 ms), which is then counted as owed to X and
+ * waiting for that UNMAP (500 ms), which is then counted as owed to X and
  * taken when it comes.
  */
 static void late_unmap_scene(void **state, bool past_wait)
@@ -112,7 +112,7 @@ static void late_unmap_scene(void **state, bool past_wait)
 	reserve_at(x);
 	move_region(y, x);
 	if (past_wait)
-		usleep(200000);
+		usleep(700000); /* the REMAP into X waits 500 ms at most */
 	reserve_at(y);
 	move_region(x, y);
 	settle(&s);
@@ -144,7 +144,9 @@ static void remap_away_read_after_remap_in(void **state)
 	scene_open(state, &s);
 	char *x = region(&s, 3), *y = region(&s, 5);
 	char *w = reserve_at(NULL);
-	hold(x, 2, 2, false); /* REMAP(X→W), UNMAP(X): after REMAP(Y→X) */
+	/* REMAP(X→W), UNMAP(X): read while REMAP(Y→X) waits for them (however
+	 * long this thread takes to raise UNMAP(Y)). */
+	hold(x, 2, DEBUG_HOLD_UNTIL_WAIT, false);
 	move_region(x, w);
 	reserve_at(x);
 	move_region(y, x);
