@@ -383,7 +383,7 @@ int range_remove_locked_all(struct uhmm *h);
 int range_discover(struct uhmm *h, uintptr_t start, uintptr_t end);
 bool range_lookup_below(uintptr_t addr, struct range_ent *out);
 bool range_grow_request(struct uhmm *h, uintptr_t addr); /* signal-safe; waits */
-void range_grow_serve(struct uhmm *h);                    /* service thread */
+bool range_grow_serve(struct uhmm *h); /* true: deferred, serve again soon */                    /* service thread */
 void range_grow_span(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* Forget entries of [start, end) without waiting for a holder (events.c). */
 void range_reset_nowait(struct uhmm *h, uintptr_t start, uintptr_t end);
@@ -578,6 +578,9 @@ struct uhmm {
 	struct remap_pending *remaps;
 	pthread_mutex_t owed_lock;      /* UNMAP events still due, per address (owed.c) */
 	struct owed_set *owed;
+	/* Event order (service.c): REMAPs that waited for an explanation and
+	 * got it / ran out of time; counts dropped as stale (owed_settle). */
+	_Atomic uint64_t order_explained, order_timeouts, owed_cleared;
 	/* The counters: in the live-status segment when there is one (the
 	 * same adds, where `uhmm top` reads them), else stats_local. */
 	_Atomic uint64_t *stats;
@@ -730,6 +733,9 @@ void owed_add(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* The first part of [at, end) with a count: one taken from it, true. */
 bool owed_take_next(struct uhmm *h, uintptr_t at, uintptr_t end, uintptr_t *ps, uintptr_t *pe);
 size_t owed_query(struct uhmm *h, uintptr_t addr);
+bool owed_any(struct uhmm *h);
+/* No UNMAP can be due (none made and unread): drop what is counted. */
+void owed_settle(struct uhmm *h);
 void owed_destroy(struct uhmm *h);
 /* The parts of [start, end) that h's ranges hold (not pools, not dying):
  * count them owed (range.c). */

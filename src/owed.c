@@ -32,6 +32,10 @@
  * current one's) can come in either order: whichever comes first takes
  * the count, the second drops the mapping; both orders end the same.
  *
+ * Every count is an UNMAP made and not read yet: when the kernel counts
+ * none (uffd_events_pending) and none is held, what is left is stale and
+ * dropped (owed_settle, after a batch).
+ *
  * Owner: the context's service thread edits the counts (events are
  * handled there, in the order read); owed_lock makes a read from another
  * thread (tests, close) safe.  The counts live as long as the context.
@@ -202,6 +206,32 @@ size_t owed_query(struct uhmm *h, uintptr_t addr)
 			c = s->p[i].count;
 	pthread_mutex_unlock(&h->owed_lock);
 	return c;
+}
+
+bool owed_any(struct uhmm *h)
+{
+	pthread_mutex_lock(&h->owed_lock);
+	bool any = h->owed && h->owed->n;
+	pthread_mutex_unlock(&h->owed_lock);
+	return any;
+}
+
+/* A count no UNMAP will take (a late REMAP past the wait, an allocation
+ * failure) would spare the next real munmap there: a stale range.  Called
+ * when no event can be due; each part dropped is traced. */
+void owed_settle(struct uhmm *h)
+{
+	pthread_mutex_lock(&h->owed_lock);
+	struct owed_set *s = h->owed;
+	for (size_t i = 0; s && i < s->n; i++) {
+		PTRACE(OWED, 0, s->p[i].start, s->p[i].end - s->p[i].start, 0, s->p[i].count);
+		TRACE(TR_EV_UNMAP, s->p[i].start, s->p[i].end, s->p[i].count, 1);
+	}
+	if (s && s->n)
+		atomic_fetch_add_explicit(&h->owed_cleared, 1, memory_order_relaxed);
+	if (s)
+		s->n = 0;
+	pthread_mutex_unlock(&h->owed_lock);
 }
 
 void owed_destroy(struct uhmm *h)

@@ -478,17 +478,17 @@ bool range_grow_request(struct uhmm *h, uintptr_t addr)
 }
 
 /* Service thread: serve the pending requests. */
-void range_grow_serve(struct uhmm *h)
+bool range_grow_serve(struct uhmm *h)
 {
 	if (atomic_load(&h->grow_req) == atomic_load(&h->grow_done))
-		return;
+		return false;
 	/* An mremap whose event is not read yet may have moved a managed
 	 * mapping where the request looked (or away): the registry is not
 	 * what the kernel has there until that event is handled, and memory
 	 * added now would be taken for another mapping's when it is.  Serve
-	 * the requests after the next batch. */
+	 * the requests after the next batch (true: poll again soon). */
 	if (uffd_events_pending(h->uffd, h->probe))
-		return;
+		return true;
 	uintptr_t a[GROW_SLOTS];
 	pthread_mutex_lock(&h->grow_mu);
 	unsigned n = h->grow_n;
@@ -505,6 +505,7 @@ void range_grow_serve(struct uhmm *h)
 			range_discover(h, a[i], a[i] + 1);
 	}
 	atomic_store(&h->grow_done, req);
+	return false;
 }
 
 /* An API call over [start, end) found part of it unmanaged: perhaps grown

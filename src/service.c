@@ -53,7 +53,7 @@ struct svc {
 	unsigned nheld, held_left;
 };
 
-static void handle(struct svc *s, const struct uffd_msg *m, int depth);
+static void handle(struct svc *s, const struct uffd_msg *m, size_t idx, int depth);
 
 static uint64_t now_ns(void)
 {
@@ -291,6 +291,8 @@ static void svc_append(struct svc *s, const struct uffd_msg *m)
 
 static void svc_release_held(struct svc *s)
 {
+	if (!svc_room(s, s->nheld))
+		return; /* kept for the next try */
 	for (unsigned k = 0; k < s->nheld; k++)
 		svc_append(s, &s->held[k]);
 	s->nheld = s->held_left = 0;
@@ -314,7 +316,7 @@ static bool debug_hold(struct svc *s, const struct uffd_msg *m)
  * were read (0 when only a held one was), or -1 with errno. */
 static ssize_t svc_read(struct svc *s)
 {
-	if (!svc_room(s, MSG_BATCH + 1)) {
+	if (!svc_room(s, MSG_BATCH + 4)) { /* + what the test aid may hold */
 		errno = EAGAIN;
 		return -1;
 	}
@@ -378,10 +380,10 @@ static bool cut_need(struct vma_info *need, int *n, int max, uintptr_t a, uintpt
  * REMAP is read, and the kernel counts it from the move on.  Where the
  * source is registered now (kept, or a newer mapping moved there
  * already), wait for it while an event is counted (bounded). */
-static bool remap_source_unmapped(struct svc *s, uintptr_t from, size_t len)
+static bool remap_source_unmapped(struct svc *s, size_t idx, uintptr_t from, size_t len)
 {
 	uint64_t t0 = 0;
-	size_t at = s->mhead;
+	size_t at = idx + 1; /* what was read after this REMAP */
 	for (bool probed = false;;) {
 		for (; at < s->mn; at++) {
 			const struct uffd_msg *q = &s->m[at];
@@ -393,6 +395,8 @@ static bool remap_source_unmapped(struct svc *s, uintptr_t from, size_t len)
 			probed = true;
 			if (!remap_source_registered(s->h, from, len))
 				return true;
+			if (!s->h->probe)
+				return false; /* cannot tell: kept, as before the counts */
 			t0 = now_ns();
 		}
 		/* Nothing made and unread: no UNMAP follows (kept). */
@@ -403,7 +407,8 @@ static bool remap_source_unmapped(struct svc *s, uintptr_t from, size_t len)
 	}
 }
 
-static void remap_explain(struct svc *s, uintptr_t from, uintptr_t to, size_t len, int depth)
+static void remap_explain(struct svc *s, size_t idx, uintptr_t from, uintptr_t to, size_t len,
+                          int depth)
 {
 	struct vma_info need[16];
 	int nn = range_held_parts(s->h, to, to + len, need, 8);
@@ -413,7 +418,7 @@ static void remap_explain(struct svc *s, uintptr_t from, uintptr_t to, size_t le
 	size_t found[16];
 	int nf = 0;
 	bool past_source = false;
-	size_t at = s->mhead;
+	size_t at = idx + 1; /* what was read after this REMAP */
 	for (;;) {
 		for (; at < s->mn && nn > 0 && nf < 16; at++) {
 			const struct uffd_msg *q = &s->m[at];
@@ -443,16 +448,22 @@ static void remap_explain(struct svc *s, uintptr_t from, uintptr_t to, size_t le
 	TRACE(TR_EV_REMAP, from, to, nf, nn ? 2 : 1);
 	PTRACE(EV_REMAP, 0, from, len, to, 0x100 | (unsigned)nf | (nn ? 0x200 : 0));
 	for (int i = 0; i < nf; i++) {
+		/* One handled already by a nested wait (it explained a REMAP
+		 * found here too) is not handled twice. */
+		if (s->done[found[i]])
+			continue;
 		struct uffd_msg q = s->m[found[i]];
 		s->done[found[i]] = true;
-		handle(s, &q, depth + 1);
+		handle(s, &q, found[i], depth + 1);
 	}
+	atomic_fetch_add_explicit(nn ? &s->h->order_timeouts : &s->h->order_explained, 1,
+	                          memory_order_relaxed);
 }
 
-static void handle(struct svc *s, const struct uffd_msg *m, int depth)
+static void handle(struct svc *s, const struct uffd_msg *m, size_t idx, int depth)
 {
 	struct uhmm *h = s->h;
-	if (is_mm_event(m))
+	if (is_mm_event(m) && h->svc_unhandled)
 		h->svc_unhandled--;
 	switch (m->event) {
 	case UFFD_EVENT_PAGEFAULT: {
@@ -487,8 +498,8 @@ static void handle(struct svc *s, const struct uffd_msg *m, int depth)
 		size_t len = m->arg.remap.len;
 		stat_add(h, ST_EVENTS, 1);
 		TRACE(TR_EV_REMAP, from, to, len, 0);
-		remap_explain(s, from, to, len, depth);
-		bool still = !remap_source_unmapped(s, from, len);
+		remap_explain(s, idx, from, to, len, depth);
+		bool still = !remap_source_unmapped(s, idx, from, len);
 		self_change_hole(h, from, from + len);
 		remap_range(h, from, to, len, still);
 		break;
@@ -505,6 +516,7 @@ static void *service_main(void *arg)
 	struct svc s = { .h = h };
 	uint64_t spin_ns = (uint64_t)h->spin_us * 1000, last = now_ns();
 	bool spin = h->mode == UHMM_FAULT_THREAD && h->spin_us > 1;
+	bool grow_later = false; /* growth requests wait for an event to be read */
 
 	gate_set_service_thread();
 	for (;;) {
@@ -528,10 +540,14 @@ static void *service_main(void *arg)
 				size_t i = s.mhead++;
 				if (!s.done[i]) {
 					struct uffd_msg q = s.m[i];
-					handle(&s, &q, 0);
+					handle(&s, &q, i, 0);
 				}
 			}
-			range_grow_serve(h);
+			grow_later = range_grow_serve(h);
+			/* Every count is an UNMAP made and not read: with none
+			 * counted by the kernel and none held, stale (owed.c). */
+			if (owed_any(h) && !s.nheld && h->probe && !uffd_events_pending(h->uffd, h->probe))
+				owed_settle(h);
 			atomic_fetch_sub(&g_svc_busy, 1);
 			atomic_fetch_add(&h->svc_seq, 1);
 			if (s.n)
@@ -546,7 +562,7 @@ static void *service_main(void *arg)
 			gate_open(h);
 			break;
 		}
-		range_grow_serve(h);
+		grow_later = range_grow_serve(h);
 		if (s.n)
 			retry_deferred(&s, true);
 		gate_open(h);
@@ -558,7 +574,7 @@ static void *service_main(void *arg)
 			continue;
 		}
 		struct pollfd pf[2] = { { h->uffd, POLLIN, 0 }, { h->wake_fd, POLLIN, 0 } };
-		int pr = poll(pf, 2, s.n ? 1 : -1);
+		int pr = poll(pf, 2, s.n || grow_later ? 1 : -1);
 		if (pr > 0 && (pf[1].revents & POLLIN)) {
 			uint64_t v;
 			ssize_t rr = read(h->wake_fd, &v, sizeof(v));

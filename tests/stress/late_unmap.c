@@ -22,6 +22,7 @@ struct scene {
 
 static void scene_open(void **state, struct scene *s)
 {
+	atomic_store(&debug_hold_addr, 0); /* a failed test's hold is not ours */
 	s->h = t_open(state);
 	s->a = t_dummy(s->h);
 }
@@ -68,13 +69,10 @@ static void hold(char *addr, unsigned count, unsigned after, bool unmap_only)
 	atomic_store(&debug_hold_addr, (uintptr_t)addr);
 }
 
-/* Everything read so far handled: a fresh range added and removed waits
- * for the service thread's batch; then the held events are out. */
+/* Everything read so far handled: adding a range waits for the service
+ * thread's batch in hand (service_quiesce). */
 static void settle(struct scene *s)
 {
-	for (int i = 0; i < 2000 && atomic_load(&debug_hold_addr); i++)
-		usleep(1000);
-	usleep(200000); /* held ones are released once the thread is idle */
 	char *p = t_alloc(s->h, 1);
 	assert_int_equal(uhmm_free(s->h, p, PS()), 0);
 }
@@ -115,12 +113,16 @@ static void late_unmap_scene(void **state, bool past_wait)
 	assert_ptr_equal(r, x);
 	move_region(y, x);
 	if (past_wait)
-		usleep(700000); /* the REMAP into X waits 500 ms at most */
+		usleep(1500000); /* the REMAP into X waits 500 ms at most */
 	move_region(x, z); /* on (the seed-3012 trace moved it back to Y) */
 	settle(&s);
 	assert_region(&s, z, 5);
 	assert_int_equal(owed_query(s.h, (uintptr_t)x), 0); /* nothing left owed */
 	assert_int_equal(owed_query(s.h, (uintptr_t)y), 0);
+	/* The path taken: the UNMAP explained the REMAP into X, or came late. */
+	assert_int_equal(atomic_load(&s.h->order_timeouts), past_wait ? 1 : 0);
+	assert_int_equal(atomic_load(&s.h->order_explained), past_wait ? 0 : 1);
+	assert_int_equal(atomic_load(&s.h->owed_cleared), 0);
 	scene_close(&s);
 }
 
@@ -155,6 +157,10 @@ static void remap_away_read_after_remap_in(void **state)
 	settle(&s);
 	assert_region(&s, w, 3);
 	assert_region(&s, x, 5);
+	assert_int_equal(atomic_load(&s.h->order_explained), 1); /* by REMAP(X→W) */
+	assert_int_equal(atomic_load(&s.h->order_timeouts), 0);
+	assert_int_equal(owed_query(s.h, (uintptr_t)x), 0);
+	assert_int_equal(owed_query(s.h, (uintptr_t)w), 0);
 	scene_close(&s);
 }
 
@@ -177,6 +183,11 @@ static void source_unmap_late(void **state)
 	settle(&s);
 	assert_region(&s, x, 5);
 	assert_region(&s, v, 7);
+	/* The late UNMAP took the count its move left at Y: none left. */
+	assert_int_equal(atomic_load(&s.h->order_timeouts), 0);
+	assert_int_equal(owed_query(s.h, (uintptr_t)y), 0);
+	assert_int_equal(owed_query(s.h, (uintptr_t)z), 0);
+	assert_int_equal(atomic_load(&s.h->owed_cleared), 0);
 	scene_close(&s);
 }
 
