@@ -373,9 +373,7 @@ void range_move(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool k
 long range_list(struct uhmm *h, struct range_ent **out);
 /* Is the mapping at addr registered with a userfaultfd (smaps VmFlags)? */
 bool vma_registered(uintptr_t addr);
-/* The parts of [start, end) mapped by userfaultfd-registered VMAs (up to max). */
 struct vma_info;
-int vmas_registered(uintptr_t start, uintptr_t end, struct vma_info *out, int max);
 int range_remove_locked_all(struct uhmm *h);
 /* Growth (mremap grew a registered mapping, range.c): add the parts of the
  * registered VMAs over [start, end) that hold a range of h and that no
@@ -399,7 +397,6 @@ static inline bool range_lookup_managed(struct uhmm *h, uintptr_t addr, struct r
 /* Like range_covered, also accepting persistent mappings of h's devices. */
 bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end);
 /* Does any range of h overlap [start, end)? */
-bool range_touches(struct uhmm *h, uintptr_t start, uintptr_t end);
 int persist_register(struct uhmm_devmem *m, uintptr_t start, uintptr_t end);
 void persist_forget(struct uhmm *h, uintptr_t start, uintptr_t end);
 void persist_forget_mem(struct uhmm_devmem *m);

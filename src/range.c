@@ -26,7 +26,7 @@ struct range_set {
 };
 
 static _Atomic(struct range_set *) g_ranges;
-static int vmas_um(uintptr_t start, uintptr_t end, struct vma_info *out, int max, bool clip);
+static int vmas_um(uintptr_t start, uintptr_t end, struct vma_info *out, int max);
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
 bool range_lookup(uintptr_t addr, struct range_ent *out)
@@ -216,17 +216,6 @@ void registry_reset_child(void)
 	atomic_store(&g_ranges, NULL); /* the parent's array: left alone, not freed */
 }
 
-bool range_touches(struct uhmm *h, uintptr_t start, uintptr_t end)
-{
-	unsigned tok = ebr_enter();
-	struct range_set *s = atomic_load(&g_ranges);
-	bool hit = false;
-	for (size_t i = 0; s && i < s->n && !hit; i++)
-		hit = s->e[i].h == h && !s->e[i].pool && s->e[i].start < end && s->e[i].end > start;
-	ebr_exit(tok);
-	return hit;
-}
-
 bool range_covered_any(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	unsigned tok = ebr_enter();
@@ -383,7 +372,7 @@ static bool touches_managed(struct uhmm *h, uintptr_t start, uintptr_t end)
 int range_discover(struct uhmm *h, uintptr_t start, uintptr_t end)
 {
 	struct vma_info v[16];
-	int nv = vmas_um(start, end, v, 16, false), added = 0;
+	int nv = vmas_um(start, end, v, 16), added = 0;
 	/* What smaps showed may be an mremap whose event is not read yet (a
 	 * mapping moved in, or back): the registry does not know it, and the
 	 * memory added here would be taken for that mapping's when its event
@@ -588,21 +577,9 @@ static bool find_conflict(uintptr_t start, uintptr_t end, struct range_ent *out)
 	return found;
 }
 
-/*
- * An overlap with a registered range may be stale: the kernel unmaps first
- * and queues the UNMAP event after, and may hand the addresses to the next
- * mmap before the event is even queued.  The overlap is real only if the
- * kernel still has that range registered with its context (removing write
- * protection succeeds only there); a stale one is waited out (bounded).
- */
-/* Is the VMA at addr registered with some userfaultfd ("um" in smaps)? */
-int vmas_registered(uintptr_t start, uintptr_t end, struct vma_info *out, int max)
-{
-	return vmas_um(start, end, out, max, true);
-}
-
-/* clip: the parts inside [start, end); else the whole VMAs. */
-static int vmas_um(uintptr_t start, uintptr_t end, struct vma_info *out, int max, bool clip)
+/* The whole VMAs over [start, end) registered with some userfaultfd ("um"
+ * in smaps), up to max. */
+static int vmas_um(uintptr_t start, uintptr_t end, struct vma_info *out, int max)
 {
 	FILE *f = fopen("/proc/self/smaps", "re");
 	if (!f)
@@ -618,8 +595,7 @@ static int vmas_um(uintptr_t start, uintptr_t end, struct vma_info *out, int max
 			e0 = b;
 			in = s0 < end && e0 > start;
 		} else if (in && !strncmp(line, "VmFlags:", 8) && strstr(line, " um") && n < max) {
-			out[n++] = clip ? (struct vma_info){ .start = MAX(s0, start), .end = MIN(e0, end) }
-			                : (struct vma_info){ .start = s0, .end = e0 };
+			out[n++] = (struct vma_info){ .start = s0, .end = e0 };
 		}
 	}
 	fclose(f);
