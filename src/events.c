@@ -443,9 +443,10 @@ void remap_range(struct uhmm *h, uintptr_t from, uintptr_t to, size_t len, bool 
 	mirror_invalidate(h, from, from + len, UHMM_EVENT_REMAP, NULL);
 	mirror_invalidate(h, to, to + len, UHMM_EVENT_REMAP, NULL);
 	/* What the registry still holds at the destination has gone (the
-	 * kernel moves only into free addresses), and its UNMAP is still to
-	 * come (owed.c).  Whatever the table said about it described memory
-	 * that is gone. */
+	 * kernel moves only into free addresses).  The service thread waited
+	 * for the event that freed it (remap_explain); anything still held
+	 * had its UNMAP not come in that time: it is owed (owed.c).  Whatever
+	 * the table said there described memory that is gone. */
 	range_owed_occupied(h, to, to + len);
 	ptable_walk(&h->pt, to, to + len, reset_dest_one, h);
 	struct remap_arg ra = { h, from, to };

@@ -270,8 +270,10 @@ static bool svc_room(struct svc *s, size_t more)
 
 /* Tests only (tests/stress/late_unmap.c): hold back the next
  * debug_hold_count UNMAP and REMAP events from the address
- * debug_hold_addr (only UNMAPs if debug_hold_unmap_only) until debug_hold_after more messages are read, as if
- * the kernel had queued them that late. */
+ * debug_hold_addr (only UNMAPs if debug_hold_unmap_only) until
+ * debug_hold_after more messages are read (0: until the thread is idle;
+ * DEBUG_HOLD_UNTIL_WAIT: until a REMAP waits for them), as if the kernel had
+ * queued them that late. */
 _Atomic uintptr_t debug_hold_addr;
 _Atomic unsigned debug_hold_count, debug_hold_after;
 _Atomic unsigned debug_hold_unmap_only; /* only UNMAP events */
@@ -342,13 +344,21 @@ static bool svc_read_more(struct svc *s)
 }
 
 /* Can an event still come that was made before now?  The kernel counts an
- * event from the moment its change is made (under its lock) until it is
- * read; an mremap's source UNMAP is counted along with its REMAP.  No
+ * event from the moment its change is made (under its lock) until the
+ * thread that made it resumes after the event is read; an mremap's source
+ * UNMAP is counted along with its REMAP.  No
  * probe (no write-protect support): cannot tell, so yes.  Messages the
  * test aid holds back count as not read. */
 static bool svc_pending(struct svc *s)
 {
 	return s->nheld || !s->h->probe || uffd_events_pending(s->h->uffd, s->h->probe);
+}
+
+/* Is q the UNMAP of the source of a REMAP from `from` (its mover's next event)? */
+static bool is_source_unmap(const struct uffd_msg *q, uintptr_t from, size_t len)
+{
+	return q->event == UFFD_EVENT_UNMAP && q->arg.remove.start == from &&
+	       q->arg.remove.end == from + len;
 }
 
 /* Take [a, b) out of the intervals need[0..*n); true if it overlapped. */
@@ -387,8 +397,7 @@ static bool remap_source_unmapped(struct svc *s, size_t idx, uintptr_t from, siz
 	for (bool probed = false;;) {
 		for (; at < s->mn; at++) {
 			const struct uffd_msg *q = &s->m[at];
-			if (!s->done[at] && q->event == UFFD_EVENT_UNMAP && q->arg.remove.start == from &&
-			    q->arg.remove.end == from + len)
+			if (!s->done[at] && is_source_unmap(q, from, len))
 				return true;
 		}
 		if (!probed) {
@@ -425,8 +434,7 @@ static void remap_explain(struct svc *s, size_t idx, uintptr_t from, uintptr_t t
 			if (s->done[at])
 				continue;
 			if (q->event == UFFD_EVENT_UNMAP) {
-				if (q->arg.remove.start == from && q->arg.remove.end == from + len)
-					past_source = true;
+				past_source |= is_source_unmap(q, from, len);
 				if (cut_need(need, &nn, 16, q->arg.remove.start, q->arg.remove.end))
 					found[nf++] = at;
 			} else if (q->event == UFFD_EVENT_REMAP && !past_source) {

@@ -273,7 +273,8 @@ int uffd_wp(int fd, uintptr_t start, size_t len, bool protect)
 
 /* Is an event of this userfaultfd made but not read yet?  The kernel fails
  * userfaultfd calls with EAGAIN from the moment an mremap or munmap made
- * its change until its event is read; write-protect calls check that
+ * its change until its thread resumes after the event is read (so just
+ * after a read the answer may still be yes); write-protect calls check that
  * before they look at the range, so a page that is mapped but never
  * registered answers without side effect (ENOENT). */
 bool uffd_events_pending(int fd, uintptr_t probe)
