@@ -482,6 +482,9 @@ struct uhmm_stats {
 	uint64_t events;          /* userfaultfd events (unmap, remove, remap) handled */
 	uint64_t pages_poisoned;
 	uint64_t pages_ahead;     /* pages fault-ahead brought home */
+	/* additions (0.2) */
+	uint64_t pages_staged;    /* pages a copy device took through the move-staging area */
+	uint64_t pages_unshared;  /* pages unshared from a fork child so that they could move */
 };
 #define UHMM_STATS_INIT { .sz = sizeof(struct uhmm_stats) }
 
@@ -642,7 +645,17 @@ struct uhmm_dummy_options {
 	                          (persistent memory: all at creation) */
 	unsigned devmem_flags; /* 0 = DEVICE | ALLOW_MIGRATION | UNADDRESSABLE; any valid class */
 	const char *path;      /* persistent / coherent memory: backing file (NULL = memory file) */
+	/* additions (0.2) */
+	uint64_t flags;        /* UHMM_DUMMY_* below */
 };
+/*
+ * UHMM_DUMMY_COPY_DEVICE: the device is not HOST_BACKED: its memory is its
+ * own (host memory uhmm never maps for it) and data reaches it only through
+ * copy_to_device / copy_from_device, the path every real device takes.
+ * Private (unaddressable) memory only: -EINVAL with other devmem_flags or
+ * a path.
+ */
+#define UHMM_DUMMY_COPY_DEVICE (1u << 0)
 #define UHMM_DUMMY_OPTIONS_INIT { .sz = sizeof(struct uhmm_dummy_options) }
 
 /* The dummy device's first (for persistent memory: only) block. */
@@ -708,6 +721,9 @@ int uhmm_dummy_release(struct uhmm_device *d);
 #define UHMM_DUMMY_FAIL_ALLOC (1u << 0) /* device memory allocation fails */
 #define UHMM_DUMMY_FAIL_COPY  (1u << 1) /* copies into/out of the device fail */
 #define UHMM_DUMMY_LOST       (1u << 2) /* device gone: its pages are poisoned */
+/* UHMM_DUMMY_COPY_DEVICE only: copy_to_device itself fails, after uhmm
+ * took the pages out of the page table (they must go back). */
+#define UHMM_DUMMY_FAIL_COPY_LATE (1u << 3)
 /* Set fault injection flags (replaces the previous set).  -EINVAL unknown bits. */
 int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags);
 

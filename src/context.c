@@ -193,6 +193,7 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 		h->probe = pp == MAP_FAILED ? 0 : (uintptr_t)pp;
 	}
 	pthread_mutex_init(&h->grow_mu, NULL);
+	pthread_mutex_init(&h->stage.init_lock, NULL);
 	status_open(h, &o); /* before any thread that counts */
 
 	if (h->mode == UHMM_FAULT_SIGBUS && (r = sigbus_acquire()))
@@ -268,6 +269,7 @@ UHMM_API int uhmm_close(struct uhmm *h)
 		}
 	}
 	contexts_unlock();
+	stage_destroy(h);
 	close(h->uffd);
 	ptable_destroy(&h->pt);
 	for (int i = 0; i < 8; i++)
@@ -278,6 +280,7 @@ UHMM_API int uhmm_close(struct uhmm *h)
 	pthread_mutex_destroy(&h->selfremove_lock);
 	pthread_mutex_destroy(&h->selfremove_mu);
 	pthread_mutex_destroy(&h->grow_mu);
+	pthread_mutex_destroy(&h->stage.init_lock);
 	owed_destroy(h);
 	if (h->probe)
 		munmap((void *)h->probe, PAGE_SIZE);

@@ -420,6 +420,17 @@ static int devmem_create(struct uhmm_device *d, size_t size, unsigned flags, con
 			m->host_registered = true;
 		}
 	}
+	if (d->sim_memory) {
+		/* Stands for memory on the device: the CPU never maps it for
+		 * the application, only the device's copy callbacks reach it. */
+		m->sim = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		              -1, 0);
+		if (m->sim == MAP_FAILED) {
+			m->sim = NULL;
+			goto fail;
+		}
+		madvise(m->sim, size, MADV_DONTFORK);
+	}
 	if (id_alloc(m))
 		goto fail;
 	TRACE(TR_DEVMEM_ADD, m->pages, m->host, m->npages * PAGE_SIZE, m->id);
@@ -435,6 +446,8 @@ fail:
 	}
 	if (m->host)
 		munmap(m->host, size);
+	if (m->sim)
+		munmap(m->sim, size);
 	if (m->fd >= 0)
 		close(m->fd);
 	if (m->pages != MAP_FAILED && m->pages)
@@ -627,6 +640,8 @@ void devmem_destroy(struct uhmm_devmem *m)
 		}
 		munmap(m->host, size);
 	}
+	if (m->sim)
+		munmap(m->sim, size);
 	if (m->fd >= 0) {
 		persist_forget_mem(m); /* mappings stay valid: the application owns them */
 		close(m->fd);

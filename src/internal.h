@@ -66,11 +66,11 @@ static inline long sized_check(const void *p, size_t v1, size_t known)
 #define UHMM_OPTIONS_V1    offsetofend(struct uhmm_options, reserved)
 #define UHMM_OPTIONS_KNOWN offsetofend(struct uhmm_options, reserved)
 #define UHMM_STATS_V1      offsetofend(struct uhmm_stats, pages_ahead)
-#define UHMM_STATS_KNOWN   offsetofend(struct uhmm_stats, pages_ahead)
+#define UHMM_STATS_KNOWN   offsetofend(struct uhmm_stats, pages_unshared)
 #define UHMM_SYSINFO_V1    offsetofend(struct uhmm_sysinfo, reserved)
 #define UHMM_SYSINFO_KNOWN offsetofend(struct uhmm_sysinfo, reserved)
 #define UHMM_DUMMY_V1      offsetofend(struct uhmm_dummy_options, path)
-#define UHMM_DUMMY_KNOWN   offsetofend(struct uhmm_dummy_options, path)
+#define UHMM_DUMMY_KNOWN   offsetofend(struct uhmm_dummy_options, flags)
 /* No tail padding (the header's rule): a designated initializer that names
  * every member leaves padding bytes indeterminate, and the zero-tail check
  * of a newer library would read them. */
@@ -267,6 +267,7 @@ struct uhmm_devmem {
 	size_t hint;                /* next word to scan */
 	_Atomic size_t used;
 	char *host;                 /* HOST_BACKED: the pool */
+	char *sim;                  /* a simulated copy device's own memory (dev->sim_memory) */
 	bool host_registered;       /* pool registered with the uffd (UFFDIO_MOVE) */
 	_Atomic bool dead;          /* being removed or device lost: no allocation */
 	_Atomic uint64_t dirty;     /* stack of freed slots still holding data (index + 1) */
@@ -341,6 +342,8 @@ struct uhmm_device {
 	_Atomic unsigned fail;         /* fault injection (UHMM_DUMMY_FAIL_*) */
 	_Atomic(struct uhmm_mirror *) mirror;
 	void *backend;                 /* the dummy device's state */
+	bool sim_memory;               /* blocks get `sim` memory: a simulated copy device
+	                                  (set before its first block) */
 	void (*backend_destroy)(struct uhmm_device *d);
 };
 
@@ -484,7 +487,7 @@ int pages_present(uintptr_t addr, size_t n, bool *present);
 enum {
 	ST_CPU_FAULTS, ST_TO_DEVICE, ST_TO_SYSTEM, ST_DEVICE_FAULTS, ST_INVALIDATIONS,
 	ST_SKIPPED, ST_ZERO_FILLED, ST_MOVE_CALLS, ST_COPY_CALLS, ST_FALLBACK,
-	ST_DEFERRED, ST_EVENTS, ST_POISONED, ST_AHEAD, ST__COUNT
+	ST_DEFERRED, ST_EVENTS, ST_POISONED, ST_AHEAD, ST_STAGED, ST_UNSHARED, ST__COUNT
 };
 
 /* A faulting thread's sequential stream: where its last granule ended. */
@@ -521,6 +524,14 @@ struct ahead {
 struct staging {
 	_Atomic uint64_t busy;   /* bit i: buf i in use */
 	char *buf[8];
+};
+
+/* The move-staging area (stage.c): slots of one batch each. */
+#define STAGE_SLOTS 8
+struct stage {
+	char *_Atomic base;          /* STAGE_SLOTS batches, registered; NULL: none */
+	_Atomic uint64_t busy;       /* bit i: slot i claimed (an unclaimed slot is empty) */
+	pthread_mutex_t init_lock;
 };
 
 struct uhmm {
@@ -565,6 +576,7 @@ struct uhmm {
 	bool selfremove_unmap;
 
 	struct staging staging;
+	struct stage stage;
 	struct ahead ahead;
 	/* Growth discovery requests for the service thread (range.c). */
 	pthread_mutex_t grow_mu;
@@ -615,6 +627,11 @@ void ahead_cancel(struct uhmm *h);
 size_t migrate_home_ahead(struct uhmm *h, uintptr_t a, uintptr_t end, uint64_t epoch,
                           struct mpage *p);
 void staging_put(struct uhmm *h, char *buf, int slot);
+/* stage.c: the move-staging area of migrations to copy devices. */
+int stage_init(struct uhmm *h);
+void stage_destroy(struct uhmm *h);
+char *stage_get(struct uhmm *h, int *slot);
+void stage_put(struct uhmm *h, int slot, size_t pages);
 
 /* ------------------------------------------------------------------------
  * Migration (migrate.c).  Callers hold the page locks of every page.
@@ -627,11 +644,14 @@ struct mpage {
 	struct uhmm_dpage *dp;    /* destination (to device) or source (to system) */
 	int err;                  /* 0 = moved */
 	bool copied;              /* came home by copy: its pool slot still holds data */
+	bool poison;              /* its data is lost: published POISONED */
 };
 /* Bring device pages back to system memory (pages[i].old is DEVICE). */
 void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator);
 /* Move system pages into d (pages[i].old is SYSTEM). */
-void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_device *d);
+/* stage: a claimed staging slot (stage.c) for a copy device, else NULL;
+ * unshare: pages shared with a fork child get -EXDEV (unshare, retry). */
+void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, char *stage, bool unshare);
 /* In a gate section: unlock the pages an event marked since they were
  * locked; returns how many are kept. */
 size_t mpages_recheck(struct uhmm *h, struct mpage *p, size_t n, size_t *dropped);

@@ -498,12 +498,147 @@ undo:
 		p[i].err = r ? r : -EIO;
 }
 
+/* ---- system → copy device, through the move-staging area (stage.c) ---- */
+
+/*
+ * Put pages p[0..k) taken into staging at st back where they belong: the
+ * device copy failed, so the data stays in system memory.  In the gate,
+ * the pages' addresses have their pages taken by us (nothing else fills a
+ * busy page), so a MOVE back fails only while an event is unread (EAGAIN):
+ * then, once it is handled, its marks say where the page went: an mremap
+ * moved it (the data goes to the new address), an munmap or a discard took
+ * it (the data is not wanted any more).  A page that cannot be put back is
+ * poisoned: its next access fails rather than read zeros.
+ */
+static void stage_return(struct uhmm *h, struct mpage *p, size_t k, char *st)
+{
+	for (size_t j = 0; j < k; j++) {
+		uintptr_t src = (uintptr_t)st + j * PAGE_SIZE, dst = p[j].addr;
+		for (;;) {
+			uint64_t v = atomic_load(p[j].e);
+			if (v & PTE_REMAP) {
+				if (!remap_dest(h, p[j].e, &dst))
+					break; /* moved and then unmapped */
+			} else if (v & (PTE_DISCARD | PTE_UNMAPPED)) {
+				break;
+			}
+			size_t done = 0;
+			int r = uffd_move(h->uffd, dst, src, PAGE_SIZE, &done);
+			stat_add(h, ST_MOVE_CALLS, 1);
+			if (done == PAGE_SIZE || (r == -EEXIST && moved_unreported(dst, src, true)))
+				break;
+			if (r == -EAGAIN) {
+				unsigned depth = gate_pause(h);
+				gate_wait_service(h);
+				gate_resume(h, depth);
+				continue;
+			}
+			PTRACE_ANOMALY(dst);
+			p[j].poison = true;
+			break;
+		}
+	}
+}
+
+/*
+ * Copy the pages of p[0..k) that were taken into staging at st (err 0)
+ * into the device, a run of consecutive taken pages per call, through the
+ * device's DMA buffer where it has one.  A run whose copy fails goes back.
+ */
+static void stage_copy(struct uhmm *h, struct mpage *p, size_t k, char *st)
+{
+	struct uhmm_devmem *m = devmem_of(p[0].dp);
+	struct uhmm_device *d = m->dev;
+	size_t idx[BATCH_PAGES];
+	for (size_t i = 0, j; i < k; i = j) {
+		if (p[i].err) {
+			j = i + 1;
+			continue;
+		}
+		for (j = i; j < k && !p[j].err; j++)
+			idx[j - i] = dpage_index(m, p[j].dp);
+		char *src = st + i * PAGE_SIZE;
+		char *buf = d->ops.dma_buf_get ? d->ops.dma_buf_get(d) : NULL;
+		int r;
+		if (buf) {
+			memcpy(buf, src, (j - i) * PAGE_SIZE);
+			r = d->ops.copy_to_device(d, m, idx, buf, j - i);
+			d->ops.dma_buf_put(d, buf);
+		} else {
+			r = d->ops.copy_to_device(d, m, idx, src, j - i);
+		}
+		stat_add(h, ST_COPY_CALLS, 1);
+		if (r) {
+			stage_return(h, p + i, j - i, src);
+			for (size_t q = i; q < j; q++)
+				p[q].err = r;
+		} else {
+			stat_add(h, ST_STAGED, j - i);
+		}
+	}
+}
+
+/*
+ * p[0..k) (one run of a copy device's block) to the device: take the pages
+ * out of the application's page table into staging at st (UFFDIO_MOVE:
+ * a racing CPU write lands before, and travels, or faults and waits for
+ * the page lock), then copy.  Returns how many pages were dealt with; a
+ * page MOVE refuses goes through the copy fallback, which leaves the gate:
+ * the pages after it are left to the caller.  unshare: a page shared with
+ * a fork child (EBUSY) gets -EXDEV, for the caller to unshare and retry.
+ */
+static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, char *st, bool unshare)
+{
+	size_t i = 0;
+	bool fallback = false;
+	while (i < k) {
+		size_t done = 0;
+		int r = uffd_move(h->uffd, (uintptr_t)st + i * PAGE_SIZE, p[i].addr, (k - i) * PAGE_SIZE,
+		                  &done);
+		stat_add(h, ST_MOVE_CALLS, 1);
+		for (size_t j = 0; j < done / PAGE_SIZE; j++)
+			p[i + j].err = 0;
+		i += done / PAGE_SIZE;
+		if (!r)
+			break;
+		/* As in run_to_device: EAGAIN = the mm is changing, unless only
+		 * this page could not be taken (a large folio not split). */
+		if (r == -EAGAIN && (!h->use_wp || uffd_wp(h->uffd, p[i].addr, PAGE_SIZE, false) == -EAGAIN)) {
+			for (; i < k; i++)
+				p[i].err = -EAGAIN;
+			break;
+		}
+		if (r == -ENOENT) {
+			p[i++].err = -ENOENT; /* discarded or moved meanwhile: its event says */
+			continue;
+		}
+		/* A staging slot is empty when claimed: a page there is ours. */
+		if (r == -EEXIST && moved_unreported((uintptr_t)st + i * PAGE_SIZE, p[i].addr, true)) {
+			p[i++].err = 0;
+			continue;
+		}
+		if (r == -EBUSY && unshare) {
+			p[i++].err = -EXDEV;
+			continue;
+		}
+		fallback = true;
+		break;
+	}
+	stage_copy(h, p, i, st);
+	if (!fallback)
+		return k;
+	copy_run_to_device(h, p + i, 1);
+	return i + 1;
+}
+
 /* Move p[0..k) or a first part of it; returns how many pages were dealt
  * with.  The copy fallback leaves the gate for a while: what follows a
  * page copied is left to the caller, to be checked again. */
-static size_t run_to_device(struct uhmm *h, struct mpage *p, size_t k)
+static size_t run_to_device(struct uhmm *h, struct mpage *p, size_t k, char *st, bool unshare)
 {
 	struct uhmm_devmem *m = devmem_of(p[0].dp);
+	if (st && !m->host && !dev_failing(m->dev))
+		return stage_run_to_device(h, p, k, st, unshare);
 	if (!m->host_registered || dev_failing(m->dev)) {
 		copy_run_to_device(h, p, k);
 		return k;
@@ -539,6 +674,10 @@ static size_t run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 			p[i++].err = 0; /* the kernel moved it after all (see above) */
 			continue;
 		}
+		if (r == -EBUSY && unshare) {
+			p[i++].err = -EXDEV; /* shared with a fork child: unshare, then again */
+			continue;
+		}
 		/* Out of the gate meanwhile: an munmap may have freed the
 		 * addresses that follow and a new mapping taken them (their
 		 * entries carry the event's marks by now). */
@@ -548,11 +687,10 @@ static size_t run_to_device(struct uhmm *h, struct mpage *p, size_t k)
 	return k;
 }
 
-void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_device *d)
+void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, char *stage, bool unshare)
 {
 	if (!n)
 		return;
-	(void)d;
 	mirror_invalidate(h, p[0].addr, p[n - 1].addr + PAGE_SIZE, UHMM_EVENT_MIGRATE, NULL);
 	for (size_t i = 0; i < n;) {
 		if (atomic_load(p[i].e) & PTE_MARKS) {
@@ -560,12 +698,20 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, struct uhmm_de
 			p[i++].err = -ENOENT;
 			continue;
 		}
-		size_t k = run_len(p + i, n - i, true);
-		i += run_to_device(h, p + i, k);
+		/* Page i of the window takes page i of the staging slot. */
+		size_t k = run_len(p + i, n - i, !stage);
+		i += run_to_device(h, p + i, k, stage ? stage + i * PAGE_SIZE : NULL, unshare);
 	}
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
 		PTRACE(MIG_DEV, p[i].e, p[i].addr, 0, p[i].err, (uintptr_t)p[i].dp);
+		if (p[i].poison) {
+			/* Its data could not be put back (stage_return). */
+			dpage_put(p[i].dp);
+			p[i].new = UHMM_STATE_POISONED;
+			stat_add(h, ST_POISONED, 1);
+			continue;
+		}
 		if (p[i].err == 0) {
 			dpage_set_vaddr(p[i].dp, p[i].addr);
 			dpage_check(h, p[i].dp, p[i].addr, "migrate_to_device");
@@ -799,6 +945,36 @@ static int coherent_range_home(struct uhmm *h, uintptr_t a, uintptr_t end)
 	return rc;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/*
+ * UFFDIO_MOVE takes only pages this process alone maps, and after a fork
+ * every private page is shared with the child until one of them writes it
+ * (even once the child has exited).  A write fault makes the page ours
+ * again, with the same data, so the pages MOVE refused (-EXDEV, now
+ * unlocked: the fault may need the service thread) are write-faulted with
+ * MADV_POPULATE_WRITE, which changes no byte, and the window is done once
+ * more; pages refused again go through the copy fallback (*unshared).  An
+ * madvise over addresses that changed meanwhile is harmless: it only
+ * populates or unshares what is there.
+ */
+static void unshare_pages(struct uhmm *h, const struct mpage *p, size_t n, bool *unshared)
+{
+	for (size_t i = 0, j; i < n; i = j) {
+		j = i + 1;
+		if (p[i].err != -EXDEV)
+			continue;
+		while (j < n && p[j].err == -EXDEV && p[j].addr == p[j - 1].addr + PAGE_SIZE)
+			j++;
+		TRACE(TR_MADV, p[i].addr, 2, (j - i) * PAGE_SIZE, 0);
+		madvise((void *)p[i].addr, (j - i) * PAGE_SIZE, MADV_POPULATE_WRITE);
+		stat_add(h, ST_UNSHARED, j - i);
+	}
+	*unshared = true;
+}
+
 /*
  * One window [b, *be) of uhmm_migrate (at most a batch, clipped to its
  * range).  Returns true if the kernel refused a call because the mm was
@@ -809,7 +985,7 @@ static int coherent_range_home(struct uhmm *h, uintptr_t a, uintptr_t end)
  */
 static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct uhmm_device *to,
                            struct mpage *p, struct uhmm_dpage **dps, size_t *migrated,
-                           size_t *skipped, size_t *moved, uint64_t epoch)
+                           size_t *skipped, size_t *moved, uint64_t epoch, bool *unshared)
 {
 	uintptr_t be = *bep;
 	struct range_ent re;
@@ -882,6 +1058,12 @@ static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct u
 		for (size_t i = 0; i < n; i++)
 			p[i].dp = dps[i];
 	}
+	/* A copy device's window goes through a staging slot, claimed before
+	 * the gate (emptying one waits for the service thread). */
+	char *stage = NULL;
+	int sslot = -1;
+	if (to && n && !(to->flags & UHMM_DEVICE_HOST_BACKED))
+		stage = stage_get(h, &sslot);
 	bool entered = gate_enter(h);
 	/* The memory checked above may have been unmapped or moved (and the
 	 * addresses reused) before the gate closed: check again. */
@@ -896,20 +1078,25 @@ static bool migrate_window(struct uhmm *h, uintptr_t b, uintptr_t *bep, struct u
 	}
 	n = mpages_recheck(h, p, n, skipped);
 	if (to)
-		migrate_to_device(h, p, n, to);
+		migrate_to_device(h, p, n, stage, unshared && !*unshared);
 	else
 		migrate_to_system(h, p, n, NULL);
 	gate_exit(h, entered);
-	bool again = false;
+	bool again = false, unshare = false;
 	for (size_t i = 0; i < n; i++) {
-		if (p[i].err == -EAGAIN)
+		if (p[i].err == -EAGAIN || p[i].err == -EXDEV)
 			again = true;
 		else if (p[i].err)
 			(*skipped)++;
 		else
 			(*migrated)++, *moved += 1;
+		unshare |= p[i].err == -EXDEV;
 		mpage_unlock(h, &p[i]);
 	}
+	if (stage)
+		stage_put(h, sslot, n);
+	if (unshare)
+		unshare_pages(h, p, n, unshared);
 	if (!to && n)
 		wake_range(h, b, be - b);
 	return again;
@@ -924,7 +1111,7 @@ size_t migrate_home_ahead(struct uhmm *h, uintptr_t a, uintptr_t end, uint64_t e
 		size_t mig, skip;
 		for (;;) {
 			mig = skip = 0;
-			bool again = migrate_window(h, b, &be, NULL, p, NULL, &mig, &skip, &pages, epoch);
+			bool again = migrate_window(h, b, &be, NULL, p, NULL, &mig, &skip, &pages, epoch, NULL);
 			if (!again)
 				break;
 			gate_wait_service(h);
@@ -979,13 +1166,17 @@ static int migrate_range(struct uhmm *h, void *addr, size_t len, struct uhmm_dev
 	for (uintptr_t b = a, be; b < end; b = be) {
 		be = MIN(end, b + BATCH_PAGES * PAGE_SIZE);
 		size_t mig, skip, moved_now = 0;
+		bool unshared = false;
 		/* A window the mm was changing under (its event unread) is done
-		 * again once that event is handled. */
+		 * again once that event is handled; one with pages shared with a
+		 * fork child, once they are unshared. */
 		for (;;) {
 			mig = skip = 0;
-			if (!migrate_window(h, b, &be, to, p, dps, &mig, &skip, &moved_now, 0))
+			bool was = unshared;
+			if (!migrate_window(h, b, &be, to, p, dps, &mig, &skip, &moved_now, 0, &unshared))
 				break;
-			gate_wait_service(h);
+			if (unshared == was)
+				gate_wait_service(h);
 		}
 		migrated += mig;
 		skipped += skip;

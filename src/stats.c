@@ -26,6 +26,8 @@ UHMM_API int uhmm_stats_get(struct uhmm *h, struct uhmm_stats *out)
 	s.copy_calls = LOAD(ST_COPY_CALLS);
 	s.fallback_pages = LOAD(ST_FALLBACK);
 	s.pages_ahead = LOAD(ST_AHEAD);
+	s.pages_staged = LOAD(ST_STAGED);
+	s.pages_unshared = LOAD(ST_UNSHARED);
 	s.deferred_faults = LOAD(ST_DEFERRED);
 	s.events = LOAD(ST_EVENTS);
 	s.pages_poisoned = LOAD(ST_POISONED);

@@ -4,6 +4,8 @@
  * copy_to_device / copy_from_device ops (device memory here is a malloc'd
  * array of pages indexed by page index), both ways, and survive failures.
  */
+#include <sys/wait.h>
+
 #include "testdev.h"
 
 #define N 32
@@ -192,6 +194,96 @@ static void copydev_two_kinds(void **state)
 	tdev_free(t);
 }
 
+static bool have_move(void)
+{
+	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
+	return uhmm_sysinfo_get(&si) == 0 && (si.caps & UHMM_SYS_MOVE);
+}
+
+/* Where the kernel has UFFDIO_MOVE, pages reach a copy device through the
+ * move-staging area: taken out of the page table, then copied; no page
+ * goes through the copy fallback (write-protect, read, discard). */
+static void copydev_staged(void **state)
+{
+	if (!have_move())
+		skip();
+	struct uhmm *h = t_open(state);
+	struct tdev *t = tdev_create(h, false, 1024);
+	void *p = t_alloc(h, 700); /* more than one batch of 512 */
+
+	fill_pages(p, 0, 700, 8);
+	struct uhmm_stats s0 = t_stats(h);
+	assert_migrate(h, p, 700 * PS(), t->dev, 700, 0);
+	struct uhmm_stats s1 = t_stats(h);
+	assert_int_equal(s1.pages_staged - s0.pages_staged, 700);
+	assert_int_equal(s1.fallback_pages - s0.fallback_pages, 0);
+	assert_true(s1.move_calls - s0.move_calls >= 2);
+	assert_int_equal(atomic_load(&t->to_pages), 700);
+	assert_int_equal(tdev_count_pattern_pages(t, 700, 8), 700);
+	assert_states(h, p, 0, 700, UHMM_STATE_DEVICE, t->dev);
+	/* A second migration reuses the (emptied) staging slots. */
+	assert_migrate(h, p, 700 * PS(), NULL, 700, 0);
+	assert_migrate(h, p, 700 * PS(), t->dev, 700, 0);
+	assert_int_equal(t_stats(h).pages_staged - s0.pages_staged, 1400);
+	assert_pages(p, 0, 700, 8);
+	assert_int_equal(atomic_load(&t->bad), 0);
+	t_close(h);
+	tdev_free(t);
+}
+
+/* With UHMM_OPT_NO_MOVE every page goes through the copy fallback. */
+static void copydev_no_move(void **state)
+{
+	struct uhmm_options o = UHMM_OPTIONS_INIT;
+	o.flags = UHMM_OPT_NO_MOVE;
+	struct uhmm *h = t_open_opts(state, &o);
+	struct tdev *t = tdev_create(h, false, DEVPAGES);
+	void *p = t_alloc(h, N);
+
+	fill_pages(p, 0, N, 9);
+	assert_migrate(h, p, N * PS(), t->dev, N, 0);
+	struct uhmm_stats s = t_stats(h);
+	assert_int_equal(s.pages_staged, 0);
+	assert_int_equal(s.fallback_pages, N);
+	assert_int_equal(tdev_count_pattern_pages(t, N, 9), N);
+	assert_pages(p, 0, N, 9);
+	t_close(h);
+	tdev_free(t);
+}
+
+/* After a fork every private page is shared with the child (even once it
+ * has exited) and UFFDIO_MOVE refuses it: uhmm write-faults it (same data)
+ * and moves it, rather than copy and discard by address. */
+static void copydev_after_fork(void **state)
+{
+	if (!have_move())
+		skip();
+	SKIP_UNDER_TSAN_FORK();
+	struct uhmm *h = t_open(state);
+	struct tdev *t = tdev_create(h, false, DEVPAGES);
+	void *p = t_alloc(h, N);
+
+	fill_pages(p, 0, N, 10);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(check_pages(p, 0, N, 10) == -1 ? 0 : 1);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+	struct uhmm_stats s0 = t_stats(h);
+	assert_migrate(h, p, N * PS(), t->dev, N, 0);
+	struct uhmm_stats s1 = t_stats(h);
+	assert_int_equal(s1.pages_unshared - s0.pages_unshared, N);
+	assert_int_equal(s1.pages_staged - s0.pages_staged, N);
+	assert_int_equal(s1.fallback_pages - s0.fallback_pages, 0);
+	assert_int_equal(tdev_count_pattern_pages(t, N, 10), N);
+	assert_pages(p, 0, N, 10);
+	t_close(h);
+	tdev_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -200,6 +292,9 @@ int main(void)
 		TEST_BOTH(copydev_fail_to),
 		TEST_BOTH(copydev_fail_from),
 		TEST_BOTH(copydev_two_kinds),
+		TEST_BOTH(copydev_staged),
+		TEST_BOTH(copydev_no_move),
+		TEST_BOTH(copydev_after_fork),
 	};
 	return cmocka_run_group_tests_name("copydev", tests, NULL, NULL);
 }

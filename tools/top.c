@@ -35,7 +35,8 @@
 static const char *const counter_names[UHMM_STATUS__COUNT] = {
 	"cpu_faults", "pages_to_device", "pages_to_system", "device_faults", "invalidations",
 	"pages_skipped", "pages_zero_filled", "move_calls", "copy_calls", "fallback_pages",
-	"deferred_faults", "events", "pages_poisoned", "pages_ahead",
+	"deferred_faults", "events", "pages_poisoned", "pages_ahead", "pages_staged",
+	"pages_unshared",
 };
 static const char *const state_names[UHMM_STATUS_NSTATES] = {
 	"none", "system", "device", "coherent", "poisoned",

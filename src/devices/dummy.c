@@ -16,6 +16,11 @@
  * managed ranges is accessed through the process's page tables
  * (process_vm_readv/writev) and never cached.
  *
+ * Copy mode (UHMM_DUMMY_COPY_DEVICE): the device is not HOST_BACKED; its
+ * memory is a block's `sim` mapping, which only its copy callbacks below
+ * and its own accesses touch, so uhmm moves data the way it does for a
+ * real device (the move-staging area, or the copy fallback).
+ *
  * Lock: d->lock guards the table and is held across accesses (which never
  * fault), never while waiting for uhmm.
  */
@@ -131,10 +136,17 @@ static int dummy_fault(struct dummy *dm, uintptr_t a, size_t n, bool write)
 
 /* Copy a local page (in this device's pool) under dm->lock: an
  * invalidation (the page leaving) waits for the lock. */
+/* Where page idx of block m keeps its data. */
+static char *local_mem(struct uhmm_devmem *m, size_t idx)
+{
+	return m->host ? m->host + idx * PAGE_SIZE : m->sim + idx * PAGE_SIZE;
+}
+
 static void access_local(uint64_t v, char *buf, bool write)
 {
 	struct uhmm_dpage *dp = pte_dpage(v);
-	char *slot = dpage_host(devmem_of(dp), dp);
+	struct uhmm_devmem *m = devmem_of(dp);
+	char *slot = local_mem(m, dpage_index(m, dp));
 	if (write)
 		memcpy(slot, buf, PAGE_SIZE);
 	else
@@ -463,10 +475,47 @@ UHMM_API int uhmm_dummy_check_exclusive(struct uhmm_device *d, void *addr, size_
 	return r;
 }
 
+/* ---- copy mode: the backend callbacks of a device that is not HOST_BACKED ---- */
+
+static int copy_pages(struct uhmm_device *d, struct uhmm_devmem *m, const size_t *idx, char *host,
+                      size_t n, bool to)
+{
+	if (atomic_load(&d->fail) & UHMM_DUMMY_FAIL_COPY_LATE)
+		return -EIO;
+	for (size_t i = 0; i < n; i++) {
+		if (idx[i] >= m->npages)
+			return -EINVAL;
+		if (to)
+			memcpy(local_mem(m, idx[i]), host + i * PAGE_SIZE, PAGE_SIZE);
+		else
+			memcpy(host + i * PAGE_SIZE, local_mem(m, idx[i]), PAGE_SIZE);
+	}
+	return 0;
+}
+
+static int dummy_copy_to(struct uhmm_device *d, struct uhmm_devmem *m, const size_t *idx,
+                         const void *src, size_t n)
+{
+	return copy_pages(d, m, idx, (char *)src, n, true);
+}
+
+static int dummy_copy_from(struct uhmm_device *d, void *dst, struct uhmm_devmem *m,
+                           const size_t *idx, size_t n)
+{
+	return copy_pages(d, m, idx, dst, n, false);
+}
+
+/* A freed page keeps no memory (as a HOST_BACKED pool's slot does not). */
+static void dummy_page_free(struct uhmm_device *d, struct uhmm_devmem *m, size_t idx)
+{
+	(void)d;
+	madvise(local_mem(m, idx), PAGE_SIZE, MADV_DONTNEED);
+}
+
 UHMM_API int uhmm_dummy_set_fail(struct uhmm_device *d, unsigned flags)
 {
-	if (!dummy_of(d) ||
-	    (flags & ~(UHMM_DUMMY_FAIL_ALLOC | UHMM_DUMMY_FAIL_COPY | UHMM_DUMMY_LOST)))
+	if (!dummy_of(d) || (flags & ~(UHMM_DUMMY_FAIL_ALLOC | UHMM_DUMMY_FAIL_COPY | UHMM_DUMMY_LOST |
+	                               UHMM_DUMMY_FAIL_COPY_LATE)))
 		return -EINVAL;
 	unsigned old = atomic_exchange(&d->fail, flags);
 	if ((flags & UHMM_DUMMY_LOST) && !(old & UHMM_DUMMY_LOST))
@@ -532,6 +581,12 @@ UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *
 	const char *path = o ? o->path : NULL;
 	if (path && (flags & UHMM_DEVMEM_UNADDRESSABLE))
 		return -EINVAL; /* private memory has no file */
+	uint64_t dflags = o ? o->flags : 0;
+	if (dflags & ~(uint64_t)UHMM_DUMMY_COPY_DEVICE)
+		return -EINVAL;
+	bool copy = dflags & UHMM_DUMMY_COPY_DEVICE;
+	if (copy && (path || !(flags & UHMM_DEVMEM_UNADDRESSABLE)))
+		return -EINVAL; /* a copy device's memory is private */
 	if (persistent) {
 		/* One block, all of it at once: it is what the application maps. */
 		if (!o || !o->capacity)
@@ -548,13 +603,20 @@ UHMM_API int uhmm_dummy_create(struct uhmm *h, const struct uhmm_dummy_options *
 	pthread_mutex_init(&dm->excl_lock, NULL);
 	ptable_init(&dm->pt);
 	static const struct uhmm_device_ops ops = { 0 };
+	static const struct uhmm_device_ops copy_ops = {
+		.copy_to_device = dummy_copy_to,
+		.copy_from_device = dummy_copy_from,
+		.page_free = dummy_page_free,
+	};
 	struct uhmm_device *d;
-	int r = uhmm_device_create(h, "dummy", &ops, UHMM_DEVICE_HOST_BACKED, NULL, &d);
+	int r = copy ? uhmm_device_create(h, "dummy-copy", &copy_ops, 0, NULL, &d)
+	             : uhmm_device_create(h, "dummy", &ops, UHMM_DEVICE_HOST_BACKED, NULL, &d);
 	if (r) {
 		dummy_destroy(&(struct uhmm_device){ .backend = dm });
 		return r;
 	}
 	dm->dev = d;
+	d->sim_memory = copy; /* before its first block */
 	/* Under d->lock: the device is published, and the status thread
 	 * (status.c) reads these under it. */
 	pthread_mutex_lock(&d->lock);
