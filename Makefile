@@ -9,11 +9,12 @@ BUILD_INSTALL ?= build-install
 PREFIX      ?= /usr/local
 MESON_OPTS  ?=
 # make stress: the long stress matrix (docs/RELIABILITY.md): STRESS_NSEEDS
-# new seeds (derived from the time, printed in the table) x 3 modes x
+# new seeds (derived from the time, printed in the table) x STRESS_MODES x
 # STRESS_OPS operations, plus one run of STRESS_LONG_OPS per mode.
 STRESS_NSEEDS   ?= 20
 STRESS_OPS      ?= 200000
 STRESS_LONG_OPS ?= 1000000
+STRESS_MODES    ?= thread sigbus nomove copy
 STRESS_SEEDS    ?= $(shell s=$$(( $$(date +%s) % 100000 * 100 )); for i in $$(seq 1 $(STRESS_NSEEDS)); do printf '%s ' $$((s + i)); done)
 STRESS_ARGS     ?=
 # make fuzz: seconds of fuzzing.
@@ -84,7 +85,8 @@ test-tsan: tsan
 # The long stress matrix (docs/RELIABILITY.md), new seeds each time.
 stress: build
 	tests/stress/matrix.sh ./$(BUILD)/tests/stress/uhmm-stress --seeds "$(STRESS_SEEDS)" \
-	    --ops $(STRESS_OPS) --long-ops $(STRESS_LONG_OPS) --threads 4 --watchdog 600 $(STRESS_ARGS)
+	    --modes "$(STRESS_MODES)" --ops $(STRESS_OPS) --long-ops $(STRESS_LONG_OPS) --threads 4 \
+	    --watchdog 600 $(STRESS_ARGS)
 
 # libFuzzer target, built with clang straight from the library sources.
 $(BUILD_FUZZ)/fuzz_api: tests/fuzz/fuzz_api.c $(wildcard src/*.c src/*.h src/devices/*.c include/*.h) | deps

@@ -12,7 +12,10 @@
 # seed + 1000000.  Modes: thread, sigbus (fault modes), nomove (thread mode
 # with the copy fallback: no UFFDIO_MOVE), back-thread and back-sigbus
 # (--mremap-back: every mremap moves its region away and straight back,
-# the pattern that reads events out of order: RELIABILITY.md finding 26).  Exit status 1 if any run failed
+# the pattern that reads events out of order: RELIABILITY.md finding 26),
+# copy, copy-sigbus (devices A and B are copy devices, not HOST_BACKED:
+# migrations take pages through the move-staging area) and copy-nomove
+# (copy devices through the copy fallback).  Exit status 1 if any run failed
 # (non-zero exit, a mismatch, a hang caught by the watchdog, no summary);
 # the failing runs' output is kept in $MATRIX_LOGS (default: a temporary
 # folder, printed).
@@ -46,6 +49,9 @@ mode_args() {
 	nomove) echo "--mode thread --no-move" ;;
 	back-thread) echo "--mode thread --mremap-back" ;;
 	back-sigbus) echo "--mode sigbus --mremap-back" ;;
+	copy) echo "--mode thread --copy-device" ;;
+	copy-sigbus) echo "--mode sigbus --copy-device" ;;
+	copy-nomove) echo "--mode thread --copy-device --no-move" ;;
 	*) echo "matrix.sh: unknown mode $1" >&2; exit 2 ;;
 	esac
 }

@@ -19,12 +19,17 @@
  *    atomically published (base, npages) pairs that may be stale: a stale
  *    address is unmanaged (the call fails cleanly) or belongs to a region
  *    the call cannot harm;
- *  - one documented limitation is kept out of the model (README "A racing
- *    discard"): with --no-move, an application madvise(MADV_DONTNEED) of a
- *    page that a copy-fallback migration is moving at that instant may keep
- *    its pre-discard data.  With --no-move the owner takes its region's
- *    lock exclusively around madvise, and other threads migrate a region
- *    only under that lock held shared (try-lock).
+ *  - two documented limitations of the copy fallback are kept out of the
+ *    model with --no-move (README "Copy fallback windows"): an application
+ *    madvise(MADV_DONTNEED) of a page that a copy-fallback migration is
+ *    moving at that instant may keep its pre-discard data; and pages
+ *    unmapped under such a migration, whose addresses a new mapping takes
+ *    before its discard, can be discarded.  With --no-move the owner takes
+ *    its region's lock exclusively around madvise and around every change
+ *    of the region's mappings (munmap, mremap, release), publishing the new
+ *    address under it; other threads migrate a region only under that lock
+ *    held shared (try-lock), so the address they read is current and stays
+ *    mapped until they are done.
  *
  * Reproducibility: thread t draws from its own generator seeded with
  * (seed, t): the sequence of operations of every thread replays with
@@ -78,6 +83,7 @@ static size_t opt_size = 1u << 20; /* bytes of memory per thread */
 static enum uhmm_fault_mode opt_mode = UHMM_FAULT_AUTO;
 static bool opt_no_move;
 static bool opt_mremap_back;        /* mremap: away and straight back over the first address */
+static bool opt_copy_device;        /* A and B are copy devices (not HOST_BACKED) */
 static unsigned opt_fallback_delay; /* µs: the copy fallback's window, widened */
 /* The library's test hook (src/internal.h; linked statically). */
 extern void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);
@@ -162,6 +168,20 @@ static void publish(struct region *r)
 	atomic_store(&r->pub_npages, r->live ? r->npages : 0);
 }
 
+/* --no-move: the owner's changes of a region's mappings exclude other
+ * threads' migrations of it (see the top of the file). */
+static void mapping_change_begin(struct region *r)
+{
+	if (opt_no_move)
+		pthread_rwlock_wrlock(&r->lk);
+}
+
+static void mapping_change_end(struct region *r)
+{
+	if (opt_no_move)
+		pthread_rwlock_unlock(&r->lk);
+}
+
 static const char *state_name(enum uhmm_state s)
 {
 	switch (s) {
@@ -224,11 +244,11 @@ static void fail(struct worker *w, const void *addr, const char *fmt, ...)
 		fprintf(stderr, "uhmm-stress: previous operation of this thread: %s\n", w->prevop);
 	}
 	fprintf(stderr, "uhmm-stress: replay with: uhmm-stress --seed %" PRIu64
-	        " --threads %u --ops %lu --size %zu --mode %s%s%s --fallback-delay %u\n",
+	        " --threads %u --ops %lu --size %zu --mode %s%s%s%s --fallback-delay %u\n",
 	        opt_seed, opt_threads, opt_ops, opt_size,
 	        opt_mode == UHMM_FAULT_THREAD ? "thread" : opt_mode == UHMM_FAULT_SIGBUS ? "sigbus" : "auto",
 	        opt_no_move ? " --no-move" : "", opt_mremap_back ? " --mremap-back" : "",
-	        opt_fallback_delay);
+	        opt_copy_device ? " --copy-device" : "", opt_fallback_delay);
 	fflush(stderr);
 	_exit(1);
 }
@@ -412,6 +432,7 @@ static void region_release(struct worker *w, struct region *r)
 	bool whole = true;
 	for (size_t i = 0; i < r->npages; i++)
 		whole &= r->mapped[i] && r->managed[i];
+	mapping_change_begin(r);
 	r->live = false;
 	publish(r);
 	if (whole && rnd_below(&w->rng, 2) == 0) {
@@ -419,6 +440,7 @@ static void region_release(struct worker *w, struct region *r)
 		int rc = uhmm_free(H, r->base, r->npages * PS);
 		if (rc)
 			fail(w, r->base, "uhmm_free(%zu pages) = %d", r->npages, rc);
+		mapping_change_end(r);
 		return;
 	}
 	for (size_t i = 0; i < r->npages;) {
@@ -435,6 +457,7 @@ static void region_release(struct worker *w, struct region *r)
 		NOTE(APP_MUNMAP, r->base + i * PS, (j - i) * PS, 1, 1);
 		i = j;
 	}
+	mapping_change_end(r);
 }
 
 /* ---- operations ---- */
@@ -587,6 +610,7 @@ static void op_munmap(struct worker *w, struct region *r)
 	size_t f, n;
 	if (!pick_run(w, r, -1, 8, &f, &n))
 		return;
+	mapping_change_begin(r);
 	NOTE(APP_MUNMAP, r->base + f * PS, n * PS, 0, 0);
 	if (munmap(r->base + f * PS, n * PS))
 		fail(w, r->base + f * PS, "munmap: %s", strerror(errno));
@@ -599,8 +623,10 @@ static void op_munmap(struct worker *w, struct region *r)
 	if (!any) {
 		r->live = false;
 		publish(r);
-		return;
 	}
+	mapping_change_end(r);
+	if (!any)
+		return;
 	/* Neighbours keep their data. */
 	size_t f2, n2;
 	if (pick_run(w, r, -1, 16, &f2, &n2))
@@ -629,12 +655,14 @@ static void op_mremap(struct worker *w, struct region *r)
 	void *dst = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (dst == MAP_FAILED)
 		fail(w, NULL, "mmap: %s", strerror(errno));
+	mapping_change_begin(r);
 	NOTE(APP_MREMAP, r->base, len, dst, 0);
 	void *np = mremap(r->base, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
 	NOTE(APP_MREMAP, r->base, len, dst, 1);
 	if (np == MAP_FAILED) {
 		/* EFAULT: the region spans several VMAs (re-added in pieces). */
 		int e = errno;
+		mapping_change_end(r);
 		munmap(dst, len);
 		if (e != EFAULT)
 			fail(w, r->base, "mremap: %s", strerror(e));
@@ -661,6 +689,7 @@ static void op_mremap(struct worker *w, struct region *r)
 	}
 	r->base = np;
 	publish(r);
+	mapping_change_end(r);
 	atomic_fetch_add(&mremaps, 1);
 	size_t f, n;
 	if (pick_run(w, r, -1, 32, &f, &n)) {
@@ -1034,6 +1063,8 @@ static void usage(void)
 	        "                   [--watchdog SECONDS (0 = off, default 60)] [-v]\n"
 	        "                   [--mremap-back (each mremap moves the region away and back\n"
 	        "                    over its first address)]\n"
+	        "                   [--copy-device (devices A and B are copy devices, not\n"
+	        "                    HOST_BACKED: the path of a real device)]\n"
 	        "                   [--fallback-delay US (the copy fallback sleeps US µs before\n"
 	        "                    and after its discard, out of the gate: widens that window)]\n"
 	        "  --ops N      operations in all (default 100000), split over the threads\n"
@@ -1097,6 +1128,8 @@ int main(int argc, char **argv)
 			opt_mremap_back = true;
 		} else if (!strcmp(a, "--no-move")) {
 			opt_no_move = true;
+		} else if (!strcmp(a, "--copy-device")) {
+			opt_copy_device = true;
 		} else if (!strcmp(a, "-v")) {
 			opt_verbose = true;
 		} else {
@@ -1145,14 +1178,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "uhmm-stress: uhmm_open: %s\n", strerror(-rc));
 		return 1;
 	}
-	if ((rc = uhmm_dummy_create(H, NULL, &devA)) || (rc = uhmm_dummy_create(H, NULL, &devB))) {
+	struct uhmm_dummy_options dopt = UHMM_DUMMY_OPTIONS_INIT;
+	dopt.flags = opt_copy_device ? UHMM_DUMMY_COPY_DEVICE : 0;
+	if ((rc = uhmm_dummy_create(H, &dopt, &devA)) || (rc = uhmm_dummy_create(H, &dopt, &devB))) {
 		fprintf(stderr, "uhmm-stress: uhmm_dummy_create: %s\n", strerror(-rc));
 		return 1;
 	}
-	printf("uhmm-stress: seed %" PRIu64 ", %lu ops, %u threads, %zu bytes per thread, mode %s%s\n",
+	printf("uhmm-stress: seed %" PRIu64 ", %lu ops, %u threads, %zu bytes per thread, mode %s%s%s\n",
 	       opt_seed, opt_ops, opt_threads, opt_size,
 	       uhmm_fault_mode(H) == UHMM_FAULT_SIGBUS ? "sigbus" : "thread",
-	       opt_no_move ? ", no move" : "");
+	       opt_no_move ? ", no move" : "", opt_copy_device ? ", copy devices" : "");
 	fflush(stdout);
 
 	struct timespec t0, t1;
@@ -1212,9 +1247,20 @@ int main(int argc, char **argv)
 	double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	printf("uhmm-stress: to device %" PRIu64 ", to system %" PRIu64 ", cpu faults %" PRIu64
 	       ", skipped %" PRIu64 ", events %" PRIu64 ", deferred faults %" PRIu64
-	       ", fault-ahead %" PRIu64 "\n",
+	       ", fault-ahead %" PRIu64 ", staged %" PRIu64 ", fallback %" PRIu64 ", unshared %" PRIu64
+	       "\n",
 	       st.pages_to_device, st.pages_to_system, st.cpu_faults, st.pages_skipped, st.events,
-	       st.deferred_faults, st.pages_ahead);
+	       st.deferred_faults, st.pages_ahead, st.pages_staged, st.fallback_pages,
+	       st.pages_unshared);
+	/* The path the mode is about was taken (a silent fallback would pass
+	 * every check and test nothing of it). */
+	struct uhmm_sysinfo si = UHMM_SYSINFO_INIT;
+	bool have_move = uhmm_sysinfo_get(&si) == 0 && (si.caps & UHMM_SYS_MOVE);
+	if (opt_copy_device && !opt_no_move && have_move && st.pages_to_device &&
+	    st.pages_staged == 0) {
+		fprintf(stderr, "uhmm-stress: copy devices, UFFDIO_MOVE: no page went through staging\n");
+		atomic_fetch_add(&mismatches, 1);
+	}
 	printf("uhmm-stress: migrate calls %lu, device ops %lu, cpu writes %lu, madvise %lu, munmap %lu,"
 	       " mremap %lu, range remove %lu / add %lu, realloc %lu, devmem add %lu / remove %lu,"
 	       " forks %lu, release -EBUSY %lu\n",
