@@ -194,6 +194,8 @@ UHMM_API int uhmm_open(const struct uhmm_options *opts, struct uhmm **out)
 	}
 	pthread_mutex_init(&h->grow_mu, NULL);
 	pthread_mutex_init(&h->stage.init_lock, NULL);
+	pthread_mutex_init(&h->stage.mu, NULL);
+	pthread_cond_init(&h->stage.cv, NULL);
 	status_open(h, &o); /* before any thread that counts */
 
 	if (h->mode == UHMM_FAULT_SIGBUS && (r = sigbus_acquire()))
@@ -253,6 +255,7 @@ UHMM_API int uhmm_close(struct uhmm *h)
 	if (r)
 		return r;
 	ebr_synchronize();
+	stage_stop(h); /* its discards wait for the service thread */
 	service_stop(h);
 	if (h->mode == UHMM_FAULT_SIGBUS) {
 		sigbus_track_fd(h->uffd, false);
@@ -281,6 +284,8 @@ UHMM_API int uhmm_close(struct uhmm *h)
 	pthread_mutex_destroy(&h->selfremove_mu);
 	pthread_mutex_destroy(&h->grow_mu);
 	pthread_mutex_destroy(&h->stage.init_lock);
+	pthread_mutex_destroy(&h->stage.mu);
+	pthread_cond_destroy(&h->stage.cv);
 	owed_destroy(h);
 	if (h->probe)
 		munmap((void *)h->probe, PAGE_SIZE);

@@ -530,8 +530,15 @@ struct staging {
 #define STAGE_SLOTS 8
 struct stage {
 	char *_Atomic base;          /* STAGE_SLOTS batches, registered; NULL: none */
-	_Atomic uint64_t busy;       /* bit i: slot i claimed (an unclaimed slot is empty) */
+	_Atomic uint64_t busy;       /* bit i: slot i claimed or being emptied (else empty) */
 	pthread_mutex_t init_lock;
+	/* The cleaner thread empties the slots given back (under mu). */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t dirty;              /* bit i: slot i given back, to be emptied */
+	size_t dirty_pages[STAGE_SLOTS]; /* how many of its first pages may hold data */
+	bool stop, cleaner_running;
+	pthread_t cleaner;
 };
 
 struct uhmm {
@@ -629,6 +636,7 @@ size_t migrate_home_ahead(struct uhmm *h, uintptr_t a, uintptr_t end, uint64_t e
 void staging_put(struct uhmm *h, char *buf, int slot);
 /* stage.c: the move-staging area of migrations to copy devices. */
 int stage_init(struct uhmm *h);
+void stage_stop(struct uhmm *h); /* before the service thread stops */
 void stage_destroy(struct uhmm *h);
 char *stage_get(struct uhmm *h, int *slot);
 void stage_put(struct uhmm *h, int slot, size_t pages);
@@ -645,6 +653,7 @@ struct mpage {
 	int err;                  /* 0 = moved */
 	bool copied;              /* came home by copy: its pool slot still holds data */
 	bool poison;              /* its data is lost: published POISONED */
+	bool staged;              /* taken into the staging slot, to be copied */
 };
 /* Bring device pages back to system memory (pages[i].old is DEVICE). */
 void migrate_to_system(struct uhmm *h, struct mpage *p, size_t n, const struct uhmm_device *initiator);

@@ -541,23 +541,32 @@ static void stage_return(struct uhmm *h, struct mpage *p, size_t k, char *st)
 }
 
 /*
- * Copy the pages of p[0..k) that were taken into staging at st (err 0)
- * into the device, a run of consecutive taken pages per call, through the
- * device's DMA buffer where it has one.  A run whose copy fails goes back.
+ * Copy the pages of p[0..n) taken into the staging slot (page i at
+ * stage + i pages) into their devices, out of the gate: they are locked
+ * and out of the page table, so nothing can change them, and an event
+ * meanwhile only marks their entries (applied when they are unlocked,
+ * after their data is on the device); the service thread reads on, and
+ * the cleaner empties slots meanwhile.  One call per run of consecutive
+ * staged pages of one block, through the device's DMA buffer where it
+ * lends one.  A run whose copy fails goes back (in the gate again).
  */
-static void stage_copy(struct uhmm *h, struct mpage *p, size_t k, char *st)
+static void stage_copy(struct uhmm *h, struct mpage *p, size_t n, char *stage)
 {
-	struct uhmm_devmem *m = devmem_of(p[0].dp);
-	struct uhmm_device *d = m->dev;
 	size_t idx[BATCH_PAGES];
-	for (size_t i = 0, j; i < k; i = j) {
-		if (p[i].err) {
-			j = i + 1;
+	bool failed = false;
+	unsigned depth = gate_pause(h);
+	for (size_t i = 0, j; i < n; i = j) {
+		j = i + 1;
+		if (!p[i].staged)
 			continue;
-		}
-		for (j = i; j < k && !p[j].err; j++)
+		struct uhmm_devmem *m = devmem_of(p[i].dp);
+		struct uhmm_device *d = m->dev;
+		idx[0] = dpage_index(m, p[i].dp);
+		while (j < n && p[j].staged && devmem_of(p[j].dp) == m) {
 			idx[j - i] = dpage_index(m, p[j].dp);
-		char *src = st + i * PAGE_SIZE;
+			j++;
+		}
+		char *src = stage + i * PAGE_SIZE;
 		char *buf = d->ops.dma_buf_get ? d->ops.dma_buf_get(d) : NULL;
 		int r;
 		if (buf) {
@@ -568,13 +577,24 @@ static void stage_copy(struct uhmm *h, struct mpage *p, size_t k, char *st)
 			r = d->ops.copy_to_device(d, m, idx, src, j - i);
 		}
 		stat_add(h, ST_COPY_CALLS, 1);
-		if (r) {
-			stage_return(h, p + i, j - i, src);
-			for (size_t q = i; q < j; q++)
-				p[q].err = r;
-		} else {
+		if (!r) {
 			stat_add(h, ST_STAGED, j - i);
+			continue;
 		}
+		for (size_t q = i; q < j; q++)
+			p[q].err = r;
+		failed = true;
+	}
+	gate_resume(h, depth);
+	if (!failed)
+		return;
+	for (size_t i = 0, j; i < n; i = j) {
+		j = i + 1;
+		if (!p[i].staged || !p[i].err)
+			continue;
+		while (j < n && p[j].staged && p[j].err)
+			j++;
+		stage_return(h, p + i, j - i, stage + i * PAGE_SIZE);
 	}
 }
 
@@ -582,7 +602,8 @@ static void stage_copy(struct uhmm *h, struct mpage *p, size_t k, char *st)
  * p[0..k) (one run of a copy device's block) to the device: take the pages
  * out of the application's page table into staging at st (UFFDIO_MOVE:
  * a racing CPU write lands before, and travels, or faults and waits for
- * the page lock), then copy.  Returns how many pages were dealt with; a
+ * the page lock); stage_copy copies them later.  Returns how many pages
+ * were dealt with; a
  * page MOVE refuses goes through the copy fallback, which leaves the gate:
  * the pages after it are left to the caller.  unshare: a page shared with
  * a fork child (EBUSY) gets -EXDEV, for the caller to unshare and retry.
@@ -597,7 +618,7 @@ static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, cha
 		                  &done);
 		stat_add(h, ST_MOVE_CALLS, 1);
 		for (size_t j = 0; j < done / PAGE_SIZE; j++)
-			p[i + j].err = 0;
+			p[i + j].err = 0, p[i + j].staged = true;
 		i += done / PAGE_SIZE;
 		if (!r)
 			break;
@@ -614,6 +635,7 @@ static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, cha
 		}
 		/* A staging slot is empty when claimed: a page there is ours. */
 		if (r == -EEXIST && moved_unreported((uintptr_t)st + i * PAGE_SIZE, p[i].addr, true)) {
+			p[i].staged = true;
 			p[i++].err = 0;
 			continue;
 		}
@@ -624,7 +646,6 @@ static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, cha
 		fallback = true;
 		break;
 	}
-	stage_copy(h, p, i, st);
 	if (!fallback)
 		return k;
 	copy_run_to_device(h, p + i, 1);
@@ -702,6 +723,8 @@ void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, char *stage, b
 		size_t k = run_len(p + i, n - i, !stage);
 		i += run_to_device(h, p + i, k, stage ? stage + i * PAGE_SIZE : NULL, unshare);
 	}
+	if (stage)
+		stage_copy(h, p, n, stage);
 	size_t moved = 0;
 	for (size_t i = 0; i < n; i++) {
 		PTRACE(MIG_DEV, p[i].e, p[i].addr, 0, p[i].err, (uintptr_t)p[i].dp);

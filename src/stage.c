@@ -17,26 +17,108 @@
  * Layout and ownership: STAGE_SLOTS slots of one batch (BATCH_PAGES pages,
  * 2 MiB) each, in one anonymous mapping registered with the context's
  * userfaultfd (UFFDIO_MOVE moves only into registered memory) and in the
- * registry as a pool (its events are not the application's).  A slot is
- * claimed whole by one migration window (bit i of `busy`) from before the
- * window's gate section until after its pages are unlocked, and is empty
- * (no page mapped) whenever it is not claimed: the claimer empties it
- * before giving it back (stage_put).  So the host keeps at most
- * STAGE_SLOTS x 2 MiB of data that left for a device, and only while it
- * is in flight.
+ * registry as a pool (not the application's memory).  Bit i of `busy`
+ * says slot i is not free: claimed by one migration window (stage_get,
+ * before the window's gate section, until after its pages are unlocked),
+ * or given back and not yet emptied (bit i of `dirty`, under mu, with how
+ * many of its first pages may hold data).  A free slot maps no page.  So
+ * the host keeps at most STAGE_SLOTS x 2 MiB of data that left for a
+ * device, in flight or waiting to be freed (20 ms at most once the
+ * migrations stop).
  *
- * Emptying is an madvise(MADV_DONTNEED) of the registered area: it raises
- * a REMOVE event and waits for the service thread to read it, so it runs
- * out of the gate, never in a signal handler, and never under a lock the
- * service thread takes.  The mapping lives until the context is
- * destroyed (after the service thread stopped).
+ * Emptying: freeing the pages costs as much as moving them and more (a
+ * third of a bare move + copy + free loop), so it is the cleaner thread's
+ * work, off the migration's path.  stage_put hands the slot over and wakes
+ * the cleaner once half the area waits (a wake-up costs about what
+ * emptying a slot does; stage_get wakes it when no slot is free, and it
+ * looks again after 20 ms); the cleaner empties the given-back slots,
+ * neighbours in one call (slot_empty), then frees them in `busy`.  It
+ * holds no page lock, is never in the gate, and raises no event.  It is
+ * started with the area and stopped before the service thread
+ * (stage_stop: it empties what is left first); the mapping lives until
+ * the context is destroyed.
  */
 #include "internal.h"
 
 #include <sched.h>
+#include <signal.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #define STAGE_BYTES ((size_t)BATCH_PAGES * PAGE_SIZE)
+
+/*
+ * Empty [s, s + len) of the area.  An madvise of registered memory would
+ * raise a REMOVE event: a round trip through the service thread, and while
+ * it is queued every migration's UFFDIO_MOVE fails with EAGAIN (the kernel
+ * counts pending events per userfaultfd).  Unregistered, the part raises
+ * none; it is registered again at once.  The slots are claimed by us, so
+ * no move targets them meanwhile.  false: the part could not be emptied or
+ * registered again.
+ */
+static bool slot_empty(struct uhmm *h, char *s, size_t len)
+{
+	TRACE(TR_MADV, (uintptr_t)s, 1, len, 0);
+	if (uffd_unregister(h->uffd, (uintptr_t)s, len))
+		return false;
+	int r = madvise(s, len, MADV_DONTNEED);
+	return uffd_register(h->uffd, (uintptr_t)s, len, false, NULL) == 0 && r == 0;
+}
+
+/* Empty every slot given back, then free them; until told to stop. */
+static void *cleaner_main(void *arg)
+{
+	struct uhmm *h = arg;
+	pthread_mutex_lock(&h->stage.mu);
+	for (;;) {
+		while (!h->stage.dirty && !h->stage.stop)
+			pthread_cond_wait(&h->stage.cv, &h->stage.mu);
+		if (!h->stage.stop && __builtin_popcountll(h->stage.dirty) < STAGE_SLOTS / 2) {
+			/* A few slots: more may follow (one wake-up, one call for
+			 * them all), but none keeps data for long. */
+			struct timespec t;
+			clock_gettime(CLOCK_REALTIME, &t);
+			t.tv_nsec += 20 * 1000 * 1000;
+			if (t.tv_nsec >= 1000000000L)
+				t.tv_sec++, t.tv_nsec -= 1000000000L;
+			pthread_cond_timedwait(&h->stage.cv, &h->stage.mu, &t);
+		}
+		uint64_t todo = h->stage.dirty;
+		if (!todo) {
+			if (h->stage.stop)
+				break; /* stopping, and nothing left */
+			continue;
+		}
+		size_t pages[STAGE_SLOTS];
+		memcpy(pages, h->stage.dirty_pages, sizeof(pages));
+		h->stage.dirty = 0;
+		pthread_mutex_unlock(&h->stage.mu);
+		/* Runs of whole slots in one call (one event, one TLB flush). */
+		for (int i = 0; i < STAGE_SLOTS;) {
+			if (!(todo & (1ULL << i))) {
+				i++;
+				continue;
+			}
+			int j = i;
+			while (j + 1 < STAGE_SLOTS && (todo & (1ULL << (j + 1))) && pages[j] == BATCH_PAGES)
+				j++;
+			size_t len = (size_t)(j - i) * STAGE_BYTES + pages[j] * PAGE_SIZE;
+			char *s = h->stage.base + (size_t)i * STAGE_BYTES;
+			if (len && !slot_empty(h, s, len)) {
+				/* Keep a slot that could not be emptied (or registered
+				 * again) claimed for good: a move into it would fail. */
+				for (int q = i; q <= j; q++)
+					todo &= ~(1ULL << q);
+			}
+			i = j + 1;
+		}
+		atomic_fetch_and(&h->stage.busy, ~todo);
+		pthread_mutex_lock(&h->stage.mu);
+	}
+	pthread_mutex_unlock(&h->stage.mu);
+	return NULL;
+}
 
 /* The area, mapped once (first copy device created, application thread).
  * 0 or -errno. */
@@ -63,18 +145,46 @@ int stage_init(struct uhmm *h)
 		if (r)
 			pool_forget(h, (uintptr_t)b, (uintptr_t)b + len);
 	}
+	if (!r) {
+		/* Application signals are not for this thread. */
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		h->stage.base = b;
+		r = -pthread_create(&h->stage.cleaner, NULL, cleaner_main, h);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (r) {
+			h->stage.base = NULL;
+			uffd_unregister(h->uffd, (uintptr_t)b, len);
+			pool_forget(h, (uintptr_t)b, (uintptr_t)b + len);
+		}
+	}
 	if (r) {
 		munmap(b, len);
 		goto out;
 	}
+	h->stage.cleaner_running = true;
 	atomic_store(&h->stage.base, b);
 out:
 	pthread_mutex_unlock(&h->stage.init_lock);
 	return r;
 }
 
+void stage_stop(struct uhmm *h)
+{
+	if (!h->stage.cleaner_running)
+		return;
+	pthread_mutex_lock(&h->stage.mu);
+	h->stage.stop = true;
+	pthread_cond_signal(&h->stage.cv);
+	pthread_mutex_unlock(&h->stage.mu);
+	pthread_join(h->stage.cleaner, NULL);
+	h->stage.cleaner_running = false;
+}
+
 void stage_destroy(struct uhmm *h)
 {
+	stage_stop(h);
 	char *b = atomic_load(&h->stage.base);
 	if (!b)
 		return;
@@ -102,18 +212,25 @@ char *stage_get(struct uhmm *h, int *slot)
 				return b + (size_t)i * STAGE_BYTES;
 			}
 		}
+		/* Every slot claimed: those given back may wait for a wake-up. */
+		pthread_mutex_lock(&h->stage.mu);
+		if (h->stage.dirty)
+			pthread_cond_signal(&h->stage.cv);
+		pthread_mutex_unlock(&h->stage.mu);
 		sched_yield();
 	}
 }
 
-/* Give slot back, emptying its first `pages` pages (those a move may have
- * filled).  Out of the gate. */
+/* Give slot back: its first `pages` pages (those a move may have filled)
+ * are emptied by the cleaner before the slot can be claimed again. */
 void stage_put(struct uhmm *h, int slot, size_t pages)
 {
-	char *s = h->stage.base + (size_t)slot * STAGE_BYTES;
-	if (pages) {
-		TRACE(TR_MADV, (uintptr_t)s, 1, pages * PAGE_SIZE, 0);
-		madvise(s, pages * PAGE_SIZE, MADV_DONTNEED);
-	}
-	atomic_fetch_and(&h->stage.busy, ~(1ULL << slot));
+	pthread_mutex_lock(&h->stage.mu);
+	h->stage.dirty |= 1ULL << slot;
+	h->stage.dirty_pages[slot] = pages;
+	/* Waking the cleaner costs about as much as emptying a slot: wake it
+	 * for half the area at once (stage_get wakes it when it runs out). */
+	if (__builtin_popcountll(h->stage.dirty) >= STAGE_SLOTS / 2)
+		pthread_cond_signal(&h->stage.cv);
+	pthread_mutex_unlock(&h->stage.mu);
 }
