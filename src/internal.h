@@ -640,6 +640,7 @@ void stage_stop(struct uhmm *h); /* before the service thread stops */
 void stage_destroy(struct uhmm *h);
 char *stage_get(struct uhmm *h, int *slot);
 void stage_put(struct uhmm *h, int slot, size_t pages);
+void stage_drain(struct uhmm *h);
 
 /* ------------------------------------------------------------------------
  * Migration (migrate.c).  Callers hold the page locks of every page.

@@ -1206,6 +1206,8 @@ static int migrate_range(struct uhmm *h, void *addr, size_t len, struct uhmm_dev
 	}
 done:
 	stat_add(h, ST_SKIPPED, skipped);
+	if (to && !(to->flags & UHMM_DEVICE_HOST_BACKED))
+		stage_drain(h);
 out:
 	free(p);
 	free(dps);

@@ -23,20 +23,19 @@
  * or given back and not yet emptied (bit i of `dirty`, under mu, with how
  * many of its first pages may hold data).  A free slot maps no page.  So
  * the host keeps at most STAGE_SLOTS x 2 MiB of data that left for a
- * device, in flight or waiting to be freed (20 ms at most once the
- * migrations stop).
+ * device, and only while migrations are in flight: uhmm_migrate empties
+ * what is left before it returns (stage_drain).
  *
  * Emptying: freeing the pages costs as much as moving them and more (a
- * third of a bare move + copy + free loop), so it is the cleaner thread's
- * work, off the migration's path.  stage_put hands the slot over and wakes
- * the cleaner once half the area waits (a wake-up costs about what
- * emptying a slot does; stage_get wakes it when no slot is free, and it
- * looks again after 20 ms); the cleaner empties the given-back slots,
- * neighbours in one call (slot_empty), then frees them in `busy`.  It
- * holds no page lock, is never in the gate, and raises no event.  It is
- * started with the area and stopped before the service thread
- * (stage_stop: it empties what is left first); the mapping lives until
- * the context is destroyed.
+ * third of a bare move + copy + free loop), so during a migration it is
+ * the cleaner thread's work, off the migration's path.  stage_put hands
+ * the slot over and wakes the cleaner once half the area waits (a wake-up
+ * costs about what emptying a slot does; stage_get wakes it when no slot
+ * is free); the cleaner empties the given-back slots, neighbours in one
+ * call (slot_empty), then frees them in `busy`.  It holds no page lock,
+ * is never in the gate, and raises no event.  It is started with the area
+ * and stopped before the service thread (stage_stop: it empties what is
+ * left first); the mapping lives until the context is destroyed.
  */
 #include "internal.h"
 
@@ -44,7 +43,6 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #define STAGE_BYTES ((size_t)BATCH_PAGES * PAGE_SIZE)
 
@@ -66,7 +64,41 @@ static bool slot_empty(struct uhmm *h, char *s, size_t len)
 	return uffd_register(h->uffd, (uintptr_t)s, len, false, NULL) == 0 && r == 0;
 }
 
-/* Empty every slot given back, then free them; until told to stop. */
+/* Take every slot given back (mu held); *pages: how much of each to empty. */
+static uint64_t take_dirty(struct uhmm *h, size_t pages[STAGE_SLOTS])
+{
+	uint64_t todo = h->stage.dirty;
+	memcpy(pages, h->stage.dirty_pages, STAGE_SLOTS * sizeof(pages[0]));
+	h->stage.dirty = 0;
+	return todo;
+}
+
+/* Empty the slots of `todo` (taken by take_dirty), runs of whole slots in
+ * one call, then free them. */
+static void empty_slots(struct uhmm *h, uint64_t todo, const size_t pages[STAGE_SLOTS])
+{
+	for (int i = 0; i < STAGE_SLOTS;) {
+		if (!(todo & (1ULL << i))) {
+			i++;
+			continue;
+		}
+		int j = i;
+		while (j + 1 < STAGE_SLOTS && (todo & (1ULL << (j + 1))) && pages[j] == BATCH_PAGES)
+			j++;
+		size_t len = (size_t)(j - i) * STAGE_BYTES + pages[j] * PAGE_SIZE;
+		char *s = h->stage.base + (size_t)i * STAGE_BYTES;
+		if (len && !slot_empty(h, s, len)) {
+			/* Keep a slot that could not be emptied (or registered
+			 * again) claimed for good: a move into it would fail. */
+			for (int q = i; q <= j; q++)
+				todo &= ~(1ULL << q);
+		}
+		i = j + 1;
+	}
+	atomic_fetch_and(&h->stage.busy, ~todo);
+}
+
+/* Empty the slots given back, as they come; until told to stop. */
 static void *cleaner_main(void *arg)
 {
 	struct uhmm *h = arg;
@@ -74,46 +106,12 @@ static void *cleaner_main(void *arg)
 	for (;;) {
 		while (!h->stage.dirty && !h->stage.stop)
 			pthread_cond_wait(&h->stage.cv, &h->stage.mu);
-		if (!h->stage.stop && __builtin_popcountll(h->stage.dirty) < STAGE_SLOTS / 2) {
-			/* A few slots: more may follow (one wake-up, one call for
-			 * them all), but none keeps data for long. */
-			struct timespec t;
-			clock_gettime(CLOCK_REALTIME, &t);
-			t.tv_nsec += 20 * 1000 * 1000;
-			if (t.tv_nsec >= 1000000000L)
-				t.tv_sec++, t.tv_nsec -= 1000000000L;
-			pthread_cond_timedwait(&h->stage.cv, &h->stage.mu, &t);
-		}
-		uint64_t todo = h->stage.dirty;
-		if (!todo) {
-			if (h->stage.stop)
-				break; /* stopping, and nothing left */
-			continue;
-		}
 		size_t pages[STAGE_SLOTS];
-		memcpy(pages, h->stage.dirty_pages, sizeof(pages));
-		h->stage.dirty = 0;
+		uint64_t todo = take_dirty(h, pages);
+		if (!todo)
+			break; /* stopping, and nothing left */
 		pthread_mutex_unlock(&h->stage.mu);
-		/* Runs of whole slots in one call (one event, one TLB flush). */
-		for (int i = 0; i < STAGE_SLOTS;) {
-			if (!(todo & (1ULL << i))) {
-				i++;
-				continue;
-			}
-			int j = i;
-			while (j + 1 < STAGE_SLOTS && (todo & (1ULL << (j + 1))) && pages[j] == BATCH_PAGES)
-				j++;
-			size_t len = (size_t)(j - i) * STAGE_BYTES + pages[j] * PAGE_SIZE;
-			char *s = h->stage.base + (size_t)i * STAGE_BYTES;
-			if (len && !slot_empty(h, s, len)) {
-				/* Keep a slot that could not be emptied (or registered
-				 * again) claimed for good: a move into it would fail. */
-				for (int q = i; q <= j; q++)
-					todo &= ~(1ULL << q);
-			}
-			i = j + 1;
-		}
-		atomic_fetch_and(&h->stage.busy, ~todo);
+		empty_slots(h, todo, pages);
 		pthread_mutex_lock(&h->stage.mu);
 	}
 	pthread_mutex_unlock(&h->stage.mu);
@@ -219,6 +217,24 @@ char *stage_get(struct uhmm *h, int *slot)
 		pthread_mutex_unlock(&h->stage.mu);
 		sched_yield();
 	}
+}
+
+/*
+ * The end of a migration to a copy device: the slots still waiting for the
+ * cleaner are emptied here, so that when uhmm_migrate returns the host
+ * keeps no copy of what left (a slot the cleaner is emptying now is its
+ * own business and done in a moment).
+ */
+void stage_drain(struct uhmm *h)
+{
+	if (!h->stage.cleaner_running)
+		return;
+	size_t pages[STAGE_SLOTS];
+	pthread_mutex_lock(&h->stage.mu);
+	uint64_t todo = take_dirty(h, pages);
+	pthread_mutex_unlock(&h->stage.mu);
+	if (todo)
+		empty_slots(h, todo, pages);
 }
 
 /* Give slot back: its first `pages` pages (those a move may have filled)
