@@ -30,6 +30,7 @@ static _Atomic unsigned g_delay_us[DELAY__COUNT];
 static const char *const delay_names[DELAY__COUNT] = {
 	[DELAY_RELEASE] = "release",
 	[DELAY_ALLOC] = "alloc",
+	[DELAY_SERVICE] = "service",
 };
 
 void delay_init(void)

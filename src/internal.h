@@ -129,7 +129,7 @@ void trace_rec(unsigned kind, uintptr_t pc, uintptr_t a, uintptr_t b, uint64_t x
  * Delay points (delay.c, UHMM_DEBUG_DELAY=name:us,...): hold a thread at a
  * named point so a test can force an interleaving.  Off: one load.
  * ---------------------------------------------------------------------- */
-enum { DELAY_RELEASE, DELAY_ALLOC, DELAY__COUNT };
+enum { DELAY_RELEASE, DELAY_ALLOC, DELAY_SERVICE, DELAY__COUNT };
 extern _Atomic unsigned g_delay_on;
 void delay_init(void);
 void delay_at_(unsigned point);
@@ -707,8 +707,9 @@ int service_start(struct uhmm *h);
 void service_stop(struct uhmm *h);
 void service_kick(struct uhmm *h);
 /* munmap, madvise and mremap return once the service thread has *read*
- * their event; wait until it has handled what it read, so a call that
- * follows them sees their effect.  Cheap when idle (one load). */
+ * their event; wait until it has handled what it read, and what another
+ * thread's change made before the call, so a call that follows them sees
+ * their effect.  Cheap when idle (one load, one ioctl). */
 void service_quiesce(struct uhmm *h);
 /* The identity gate (gate.c): see there for the rule.  gate_enter returns
  * whether it entered; pass that to gate_exit. */

@@ -71,13 +71,37 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/* How long an API call waits for the events made before it (below). */
+#define SYNC_NS (100ull * 1000 * 1000)
+
+/*
+ * An API call answers from the registry, which is as of the last event
+ * handled.  The batch in hand is waited for; and an munmap or mremap that
+ * another thread made before this call (its event made, perhaps not even
+ * queued yet, certainly not handled) would make the answer stale: a
+ * mapping that took the addresses it freed is not managed, whatever the
+ * registry still says (RELIABILITY.md finding 30).  The kernel counts such
+ * an event from the change on (uffd_events_pending), so the call waits,
+ * 100 ms at most (a thread stopped between its change and its event), for
+ * the service thread to handle what is counted.  Data never depended on
+ * this (the gate refuses kernel calls while an event is unread): the
+ * answer does.
+ */
 void service_quiesce(struct uhmm *h)
 {
-	uint64_t seq = atomic_load(&h->svc_seq);
-	if (!(seq & 1) || pthread_equal(pthread_self(), h->service))
+	if (pthread_equal(pthread_self(), h->service))
 		return;
-	while (atomic_load(&h->svc_seq) == seq)
-		sched_yield();
+	uint64_t seq = atomic_load(&h->svc_seq);
+	if (seq & 1)
+		while (atomic_load(&h->svc_seq) == seq)
+			sched_yield();
+	if (!h->probe || !uffd_events_pending(h->uffd, h->probe))
+		return;
+	uint64_t t0 = now_ns();
+	do
+		gate_wait_service(h);
+	while (uffd_events_pending(h->uffd, h->probe) && now_ns() - t0 < SYNC_NS &&
+	       !atomic_load(&h->stopping));
 }
 
 void service_kick(struct uhmm *h)
@@ -528,6 +552,9 @@ static void *service_main(void *arg)
 
 	gate_set_service_thread();
 	for (;;) {
+		/* A slow service thread: events made wait longer to be read
+		 * (tests of what calls see meanwhile). */
+		DELAY(DELAY_SERVICE);
 		/* No migration is between its checks and its kernel calls while
 		 * we read and handle (gate.c). */
 		gate_close(h);

@@ -1,5 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Managed ranges: adopting memory, removing ranges, freeing, system calls. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
 #include "common.h"
 
 #define N 64
@@ -239,6 +243,58 @@ static void range_unmap_reuse(void **state)
 	t_close(h);
 }
 
+struct unmapper {
+	void *p;
+	size_t len;
+	atomic_int started;
+};
+
+static void *unmap_thread(void *arg)
+{
+	struct unmapper *u = arg;
+	atomic_store(&u->started, 1);
+	assert_int_equal(munmap(u->p, u->len), 0); /* returns once its event is read */
+	return NULL;
+}
+
+/*
+ * Another thread unmaps a managed range; before its UNMAP is handled (the
+ * service thread is slowed down), this thread maps plain memory at the
+ * same addresses.  Calls about those addresses must answer for the new
+ * mapping, which is not managed, not from the registry's stale entry:
+ * uhmm_migrate -EINVAL, uhmm_query -ENOENT, and the new memory untouched.
+ */
+static void range_reused_by_other_thread(void **state)
+{
+	assert_int_equal(setenv("UHMM_DEBUG_DELAY", "service:30000", 1), 0);
+	struct uhmm *h = t_open(state);
+	unsetenv("UHMM_DEBUG_DELAY");
+	struct uhmm_device *d = t_dummy(h);
+	void *p = t_alloc(h, N);
+	fill_pages(p, 0, N, 11);
+
+	struct unmapper u = { .p = p, .len = N * PS() };
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, unmap_thread, &u), 0);
+	while (!atomic_load(&u.started))
+		sched_yield();
+	void *q;
+	do /* the addresses are free once the kernel has unmapped them */
+		q = mmap(p, N * PS(), PROT_READ | PROT_WRITE,
+		         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	while (q == MAP_FAILED && errno == EEXIST);
+	assert_ptr_equal(q, p);
+	fill_pages(q, 0, N, 12);
+	struct uhmm_migrate_result r;
+	assert_int_equal(uhmm_migrate(h, q, N * PS(), d, &r), -EINVAL);
+	struct uhmm_page_info pi;
+	assert_int_equal(uhmm_query(h, q, 1, &pi), -ENOENT);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_pages(q, 0, N, 12);
+	assert_int_equal(munmap(q, N * PS()), 0);
+	t_close(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -249,6 +305,7 @@ int main(void)
 		TEST_BOTH(range_syscall_fresh),
 		TEST_BOTH(range_sparse),
 		TEST_BOTH(range_unmap_reuse),
+		TEST_BOTH(range_reused_by_other_thread),
 	};
 	return cmocka_run_group_tests_name("range", tests, NULL, NULL);
 }
