@@ -255,7 +255,7 @@ UHMM_API int uhmm_close(struct uhmm *h)
 	if (r)
 		return r;
 	ebr_synchronize();
-	stage_stop(h); /* its discards wait for the service thread */
+	stage_stop(h); /* before the threads and tables it uses go */
 	service_stop(h);
 	if (h->mode == UHMM_FAULT_SIGBUS) {
 		sigbus_track_fd(h->uffd, false);

@@ -19,14 +19,14 @@ UHMM_API int uhmm_device_create(struct uhmm *h, const char *name, const struct u
 		return -EINVAL;
 	if (!ops->dma_buf_get != !ops->dma_buf_put)
 		return -EINVAL;
+	struct uhmm_device *d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
 	/* A copy device migrates through the move-staging area where the
 	 * kernel has UFFDIO_MOVE; without one (no memory for it), through
 	 * the copy fallback. */
 	if (!(flags & UHMM_DEVICE_HOST_BACKED))
 		(void)stage_init(h);
-	struct uhmm_device *d = calloc(1, sizeof(*d));
-	if (!d)
-		return -ENOMEM;
 	d->h = h;
 	snprintf(d->name, sizeof(d->name), "%s", name ? name : "device");
 	d->ops = *ops;

@@ -215,18 +215,26 @@ static struct remap_pending *remap_next_hop(struct uhmm *h, struct remap_pending
 	return next;
 }
 
-bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to)
+bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to, bool *discarded)
 {
-	bool found = false;
+	bool found = false, disc = false;
 	pthread_mutex_lock(&h->remap_lock);
 	struct remap_pending *rp = remap_first_from(h, e);
 	int hops = 0;
 	for (; rp && hops < 64; hops++) {
 		*to = rp->to_addr;
 		found = true;
-		rp = remap_next_hop(h, rp);
+		/* A discard before a hop travels as its record's flag; one at
+		 * the end is a mark on the destination entry. */
+		disc |= rp->discarded;
+		struct remap_pending *next = remap_next_hop(h, rp);
+		if (!next)
+			disc |= (atomic_load(rp->to) & PTE_DISCARD) != 0;
+		rp = next;
 	}
 	pthread_mutex_unlock(&h->remap_lock);
+	if (discarded)
+		*discarded = disc;
 	if (hops > 1) {
 		TRACE(TR_REMAP_CHAIN, e, *to, hops, 0);
 		if (unlikely(atomic_load_explicit(&g_trace_on, memory_order_relaxed)))

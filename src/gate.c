@@ -170,6 +170,11 @@ void gate_resume(struct uhmm *h, unsigned depth)
 	tls_gate.depth = depth;
 }
 
+bool gate_held(void)
+{
+	return tls_gate.depth != 0;
+}
+
 void gate_wait_service(struct uhmm *h)
 {
 	/* A kernel call failed with EAGAIN: an event is queued.  Wait for a

@@ -25,6 +25,12 @@
  * lock.  Inside the gate nothing waits for the service thread (it closes
  * the gate to read): no madvise or munmap of registered memory, no touch
  * of managed or pool memory, no blocking userfaultfd retry.
+ *
+ * One exception to "no touch of pool memory", out of the gate: a copy
+ * device's callback reads pages in the move-staging area (stage.c) while
+ * the migration holds their page locks.  It cannot fault: a page is read
+ * only once a move put it there, and the slot, claimed by that migration,
+ * is emptied only after the pages are unlocked.
  */
 #ifndef UHMM_INTERNAL_H
 #define UHMM_INTERNAL_H
@@ -531,6 +537,7 @@ struct staging {
 struct stage {
 	char *_Atomic base;          /* STAGE_SLOTS batches, registered; NULL: none */
 	_Atomic uint64_t busy;       /* bit i: slot i claimed or being emptied (else empty) */
+	_Atomic uint64_t lost;       /* bit i: slot i could not be emptied: busy for good */
 	pthread_mutex_t init_lock;
 	/* The cleaner thread empties the slots given back (under mu). */
 	pthread_mutex_t mu;
@@ -714,6 +721,7 @@ void service_quiesce(struct uhmm *h);
 /* The identity gate (gate.c): see there for the rule.  gate_enter returns
  * whether it entered; pass that to gate_exit. */
 bool gate_enter(struct uhmm *h);
+bool gate_held(void); /* the calling thread is in a gate section */
 void gate_exit(struct uhmm *h, bool entered);
 void gate_close(struct uhmm *h); /* service thread: before reading */
 void gate_open(struct uhmm *h);  /* service thread: batch handled */
@@ -753,7 +761,8 @@ void remap_finish(struct uhmm *h, _Atomic uint64_t *e, uint64_t value);
 /* page_unlock of an entry marked PTE_REMAP or PTE_INSTALL (events.c). */
 bool remap_release(struct uhmm *h, _Atomic uint64_t *e, uint64_t *cur);
 void unmap_range(struct uhmm *h, uintptr_t start, uintptr_t end);
-bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to);
+/* *discarded (may be NULL): the page was discarded on the way. */
+bool remap_dest(struct uhmm *h, _Atomic uint64_t *e, uintptr_t *to, bool *discarded);
 bool remap_incoming(struct uhmm *h, _Atomic uint64_t *ne, uint64_t *v);
 
 /* UNMAP events due at addresses another mapping holds now (owed.c). */
@@ -778,13 +787,14 @@ extern _Atomic uintptr_t debug_hold_addr;
 extern _Atomic unsigned debug_hold_count, debug_hold_after, debug_hold_unmap_only;
 #define DEBUG_HOLD_UNTIL_WAIT 0xffffffffu
 
-/* Tests only (tests/stress/remap.c; delay.c has the rule of interleaving
+/* Tests only (tests/stress/remap.c, stage.c; delay.c has the rule of interleaving
  * points): called at the points below with the
  * pages concerned, so that a test can make other threads act exactly
  * there.  NULL outside such tests: one relaxed load each. */
 enum {
 	DEBUG_FALLBACK_BEFORE_DISCARD, /* copy fallback, out of the gate, page locks held */
 	DEBUG_FALLBACK_AFTER_DISCARD,
+	DEBUG_STAGE_BEFORE_COPY,       /* staged pages (first, count), out of the gate, locked */
 };
 extern void (*_Atomic debug_hook)(int point, uintptr_t addr, size_t len);
 #define DEBUG_HOOK(point, addr, len)                                                       \

@@ -480,7 +480,7 @@ again:
 		 * UNMAPPED there says nothing about this page. */
 		uintptr_t to;
 		char c;
-		p[i].err = !remap_dest(h, p[i].e, &to) || procmem_read(&c, to, 1) == 1 ? -ENOENT : 0;
+		p[i].err = !remap_dest(h, p[i].e, &to, NULL) || procmem_read(&c, to, 1) == 1 ? -ENOENT : 0;
 	}
 	/* The answers hold only if no mremap moved the pages while we looked
 	 * (one moving them on, or back here, from where we looked): its
@@ -506,9 +506,13 @@ undo:
  * the pages' addresses have their pages taken by us (nothing else fills a
  * busy page), so a MOVE back fails only while an event is unread (EAGAIN):
  * then, once it is handled, its marks say where the page went: an mremap
- * moved it (the data goes to the new address), an munmap or a discard took
- * it (the data is not wanted any more).  A page that cannot be put back is
- * poisoned: its next access fails rather than read zeros.
+ * moved it (the data goes to the new address, unless it was discarded on
+ * the way), an munmap or a discard took it, or another mapping was moved
+ * over its address (PTE_INSTALL: its entry is handed to that page): the
+ * data is not wanted any more.  A move refused for the mapping's sake
+ * (EINVAL: an mprotect or mlock meanwhile) is done as a copy.  A page that
+ * cannot be put back is poisoned: its next access fails rather than read
+ * zeros.
  */
 static void stage_return(struct uhmm *h, struct mpage *p, size_t k, char *st)
 {
@@ -517,9 +521,10 @@ static void stage_return(struct uhmm *h, struct mpage *p, size_t k, char *st)
 		for (;;) {
 			uint64_t v = atomic_load(p[j].e);
 			if (v & PTE_REMAP) {
-				if (!remap_dest(h, p[j].e, &dst))
-					break; /* moved and then unmapped */
-			} else if (v & (PTE_DISCARD | PTE_UNMAPPED)) {
+				bool discarded;
+				if (!remap_dest(h, p[j].e, &dst, &discarded) || discarded)
+					break; /* moved, then unmapped or discarded */
+			} else if (v & (PTE_DISCARD | PTE_UNMAPPED | PTE_INSTALL)) {
 				break;
 			}
 			size_t done = 0;
@@ -527,6 +532,12 @@ static void stage_return(struct uhmm *h, struct mpage *p, size_t k, char *st)
 			stat_add(h, ST_MOVE_CALLS, 1);
 			if (done == PAGE_SIZE || (r == -EEXIST && moved_unreported(dst, src, true)))
 				break;
+			if (r == -EINVAL) {
+				r = uffd_copy(h->uffd, dst, (const void *)src, PAGE_SIZE, false, &done);
+				stat_add(h, ST_COPY_CALLS, 1);
+				if (done == PAGE_SIZE)
+					break;
+			}
 			if (r == -EAGAIN) {
 				unsigned depth = gate_pause(h);
 				gate_wait_service(h);
@@ -553,8 +564,13 @@ static void stage_return(struct uhmm *h, struct mpage *p, size_t k, char *st)
 static void stage_copy(struct uhmm *h, struct mpage *p, size_t n, char *stage)
 {
 	size_t idx[BATCH_PAGES];
-	bool failed = false;
+	bool failed = false, any = false;
+	for (size_t i = 0; i < n && !any; i++)
+		any = p[i].staged;
+	if (!any)
+		return;
 	unsigned depth = gate_pause(h);
+	DEBUG_HOOK(DEBUG_STAGE_BEFORE_COPY, p[0].addr, n * PAGE_SIZE);
 	for (size_t i = 0, j; i < n; i = j) {
 		j = i + 1;
 		if (!p[i].staged)
@@ -612,10 +628,11 @@ static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, cha
 {
 	size_t i = 0;
 	bool fallback = false;
+	int r = 0;
 	while (i < k) {
 		size_t done = 0;
-		int r = uffd_move(h->uffd, (uintptr_t)st + i * PAGE_SIZE, p[i].addr, (k - i) * PAGE_SIZE,
-		                  &done);
+		r = uffd_move(h->uffd, (uintptr_t)st + i * PAGE_SIZE, p[i].addr, (k - i) * PAGE_SIZE,
+		              &done);
 		stat_add(h, ST_MOVE_CALLS, 1);
 		for (size_t j = 0; j < done / PAGE_SIZE; j++)
 			p[i + j].err = 0, p[i + j].staged = true;
@@ -648,6 +665,12 @@ static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, cha
 	}
 	if (!fallback)
 		return k;
+	if (r == -EINVAL) {
+		/* The mapping itself is refused (protection or mlock unlike the
+		 * area's): the rest of the run, in one fallback copy. */
+		copy_run_to_device(h, p + i, k - i);
+		return k;
+	}
 	copy_run_to_device(h, p + i, 1);
 	return i + 1;
 }
@@ -983,17 +1006,26 @@ static int coherent_range_home(struct uhmm *h, uintptr_t a, uintptr_t end)
  * madvise over addresses that changed meanwhile is harmless: it only
  * populates or unshares what is there.
  */
+static bool unshare_wanted(const struct mpage *p)
+{
+	/* Still in system memory and not held: a page another thread moved
+	 * to a device meanwhile would be faulted back for nothing (and a
+	 * poisoned one would fail the fault). */
+	uint64_t v = atomic_load(p->e);
+	return p->err == -EXDEV && pte_state(v) == UHMM_STATE_SYSTEM && !(v & PTE_BUSY);
+}
+
 static void unshare_pages(struct uhmm *h, const struct mpage *p, size_t n, bool *unshared)
 {
 	for (size_t i = 0, j; i < n; i = j) {
 		j = i + 1;
-		if (p[i].err != -EXDEV)
+		if (!unshare_wanted(&p[i]))
 			continue;
-		while (j < n && p[j].err == -EXDEV && p[j].addr == p[j - 1].addr + PAGE_SIZE)
+		while (j < n && p[j].addr == p[j - 1].addr + PAGE_SIZE && unshare_wanted(&p[j]))
 			j++;
 		TRACE(TR_MADV, p[i].addr, 2, (j - i) * PAGE_SIZE, 0);
-		madvise((void *)p[i].addr, (j - i) * PAGE_SIZE, MADV_POPULATE_WRITE);
-		stat_add(h, ST_UNSHARED, j - i);
+		if (madvise((void *)p[i].addr, (j - i) * PAGE_SIZE, MADV_POPULATE_WRITE) == 0)
+			stat_add(h, ST_UNSHARED, j - i);
 	}
 	*unshared = true;
 }

@@ -72,7 +72,8 @@ static inline void cpu_relax(void)
 }
 
 /* How long an API call waits for the events made before it (below). */
-#define SYNC_NS (100ull * 1000 * 1000)
+#define SYNC_NS     (100ull * 1000 * 1000)
+#define SYNC_CYCLES 3
 
 /*
  * An API call answers from the registry, which is as of the last event
@@ -81,15 +82,18 @@ static inline void cpu_relax(void)
  * queued yet, certainly not handled) would make the answer stale: a
  * mapping that took the addresses it freed is not managed, whatever the
  * registry still says (RELIABILITY.md finding 30).  The kernel counts such
- * an event from the change on (uffd_events_pending), so the call waits,
- * 100 ms at most (a thread stopped between its change and its event), for
- * the service thread to handle what is counted.  Data never depended on
- * this (the gate refuses kernel calls while an event is unread): the
- * answer does.
+ * an event from the change on (uffd_events_pending), so the call waits for
+ * the service thread to handle what is counted: SYNC_CYCLES read-and-handle
+ * cycles at most (other threads' new events may keep the count up: not a
+ * reason to wait on), and 100 ms (a thread stopped between its change and
+ * its event).  Data never depended on this (the gate refuses kernel calls
+ * while an event is unread): the answer does.  Never from the service
+ * thread, a forked child (the probe would ask the parent's userfaultfd) or
+ * a gate section (a callback: the service thread cannot read meanwhile).
  */
 void service_quiesce(struct uhmm *h)
 {
-	if (pthread_equal(pthread_self(), h->service))
+	if (pthread_equal(pthread_self(), h->service) || h->pid != getpid() || gate_held())
 		return;
 	uint64_t seq = atomic_load(&h->svc_seq);
 	if (seq & 1)
@@ -98,10 +102,19 @@ void service_quiesce(struct uhmm *h)
 	if (!h->probe || !uffd_events_pending(h->uffd, h->probe))
 		return;
 	uint64_t t0 = now_ns();
-	do
-		gate_wait_service(h);
-	while (uffd_events_pending(h->uffd, h->probe) && now_ns() - t0 < SYNC_NS &&
-	       !atomic_load(&h->stopping));
+	for (int cycle = 0; cycle < SYNC_CYCLES; cycle++) {
+		/* One whole read-and-handle cycle that starts after now. */
+		seq = atomic_load(&h->svc_seq);
+		uint64_t end = seq + ((seq & 1) ? 3 : 2);
+		service_kick(h);
+		while (atomic_load(&h->svc_seq) < end) {
+			if (now_ns() - t0 > SYNC_NS || atomic_load(&h->stopping))
+				return;
+			sched_yield();
+		}
+		if (!uffd_events_pending(h->uffd, h->probe))
+			return;
+	}
 }
 
 void service_kick(struct uhmm *h)

@@ -55,12 +55,18 @@
  * no move targets them meanwhile.  false: the part could not be emptied or
  * registered again.
  */
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24
+#endif
+
 static bool slot_empty(struct uhmm *h, char *s, size_t len)
 {
 	TRACE(TR_MADV, (uintptr_t)s, 1, len, 0);
 	if (uffd_unregister(h->uffd, (uintptr_t)s, len))
 		return false;
 	int r = madvise(s, len, MADV_DONTNEED);
+	if (r && errno == EINVAL)
+		r = madvise(s, len, MADV_DONTNEED_LOCKED); /* mlocked (mlockall) */
 	return uffd_register(h->uffd, (uintptr_t)s, len, false, NULL) == 0 && r == 0;
 }
 
@@ -89,9 +95,12 @@ static void empty_slots(struct uhmm *h, uint64_t todo, const size_t pages[STAGE_
 		char *s = h->stage.base + (size_t)i * STAGE_BYTES;
 		if (len && !slot_empty(h, s, len)) {
 			/* Keep a slot that could not be emptied (or registered
-			 * again) claimed for good: a move into it would fail. */
-			for (int q = i; q <= j; q++)
+			 * again) claimed for good: a move into it would fail.
+			 * With every slot lost, stage_get says so. */
+			for (int q = i; q <= j; q++) {
 				todo &= ~(1ULL << q);
+				atomic_fetch_or(&h->stage.lost, 1ULL << q);
+			}
 		}
 		i = j + 1;
 	}
@@ -137,6 +146,12 @@ int stage_init(struct uhmm *h)
 	madvise(b, len, MADV_DONTFORK);
 	/* Page by page, like the application pages that arrive. */
 	madvise(b, len, MADV_NOHUGEPAGE);
+	/* Under mlockall(MCL_FUTURE) the area would be locked and populated:
+	 * every slot full.  Unlocked and empty, moves out of locked memory
+	 * are refused (the kernel wants both alike) and take the copy
+	 * fallback; others work. */
+	if (munlock(b, len) == 0)
+		madvise(b, len, MADV_DONTNEED);
 	r = pool_register(h, (uintptr_t)b, (uintptr_t)b + len);
 	if (!r) {
 		r = uffd_register(h->uffd, (uintptr_t)b, len, false, NULL);
@@ -144,15 +159,15 @@ int stage_init(struct uhmm *h)
 			pool_forget(h, (uintptr_t)b, (uintptr_t)b + len);
 	}
 	if (!r) {
-		/* Application signals are not for this thread. */
+		/* Application signals are not for this thread.  It reads the
+		 * area's address only for slots given back, so none before the
+		 * address is published below. */
 		sigset_t all, old;
 		sigfillset(&all);
 		pthread_sigmask(SIG_SETMASK, &all, &old);
-		h->stage.base = b;
 		r = -pthread_create(&h->stage.cleaner, NULL, cleaner_main, h);
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		if (r) {
-			h->stage.base = NULL;
 			uffd_unregister(h->uffd, (uintptr_t)b, len);
 			pool_forget(h, (uintptr_t)b, (uintptr_t)b + len);
 		}
@@ -193,12 +208,13 @@ void stage_destroy(struct uhmm *h)
 	h->stage.base = NULL;
 }
 
-/* An empty slot of one batch, or NULL when there is no area.  Waits while
- * every slot is claimed (a slot is held for one window's migration). */
+/* An empty slot of one batch, or NULL when there is no area (or every slot
+ * was lost: the copy fallback then).  Waits while every slot is claimed (a
+ * slot is held for one window's migration). */
 char *stage_get(struct uhmm *h, int *slot)
 {
 	char *b = atomic_load(&h->stage.base);
-	if (!b)
+	if (!b || atomic_load(&h->stage.lost) == (1ULL << STAGE_SLOTS) - 1)
 		return NULL;
 	for (;;) {
 		uint64_t busy = atomic_load(&h->stage.busy);
