@@ -615,59 +615,74 @@ static void stage_copy(struct uhmm *h, struct mpage *p, size_t n, char *stage)
 }
 
 /*
- * p[0..k) (one run of a copy device's block) to the device: take the pages
- * out of the application's page table into staging at st (UFFDIO_MOVE:
- * a racing CPU write lands before, and travels, or faults and waits for
- * the page lock); stage_copy copies them later.  Returns how many pages
- * were dealt with; a
- * page MOVE refuses goes through the copy fallback, which leaves the gate:
- * the pages after it are left to the caller.  unshare: a page shared with
- * a fork child (EBUSY) gets -EXDEV, for the caller to unshare and retry.
+ * UFFDIO_MOVE of the pages p[0..k) (consecutive addresses) to dst on
+ * (consecutive: a host pool's slots, or a staging slot), each page's err
+ * set as it goes: 0 moved, -ENOENT gone meanwhile (discarded or moved by
+ * mremap: its event updates its state), -EAGAIN for the rest when the mm
+ * is changing (gate.c: the caller does the window again once that event
+ * is handled), -EXDEV shared with a fork child (with `unshare`: the caller
+ * unshares and retries).  Returns where it stopped for any other refusal
+ * (k if none), *why its errno: that page is left to the copy fallback.
+ * staging: the destination is a staging slot, empty when claimed (a page
+ * found there is ours), and moved pages are marked staged.
  */
-static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, char *st, bool unshare)
+static size_t move_out(struct uhmm *h, struct mpage *p, size_t k, uintptr_t dst, bool staging,
+                       bool unshare, int *why)
 {
 	size_t i = 0;
-	bool fallback = false;
-	int r = 0;
 	while (i < k) {
 		size_t done = 0;
-		r = uffd_move(h->uffd, (uintptr_t)st + i * PAGE_SIZE, p[i].addr, (k - i) * PAGE_SIZE,
-		              &done);
+		int r = uffd_move(h->uffd, dst + i * PAGE_SIZE, p[i].addr, (k - i) * PAGE_SIZE, &done);
 		stat_add(h, ST_MOVE_CALLS, 1);
 		for (size_t j = 0; j < done / PAGE_SIZE; j++)
-			p[i + j].err = 0, p[i + j].staged = true;
+			p[i + j].err = 0, p[i + j].staged = staging;
 		i += done / PAGE_SIZE;
 		if (!r)
 			break;
-		/* As in run_to_device: EAGAIN = the mm is changing, unless only
-		 * this page could not be taken (a large folio not split). */
+		/* EAGAIN: the mm is changing, or the kernel could not take
+		 * this page (a large folio it failed to split: the fallback
+		 * copies it).  A call that only checks the mm tells which. */
 		if (r == -EAGAIN && (!h->use_wp || uffd_wp(h->uffd, p[i].addr, PAGE_SIZE, false) == -EAGAIN)) {
 			for (; i < k; i++)
 				p[i].err = -EAGAIN;
 			break;
 		}
 		if (r == -ENOENT) {
-			p[i++].err = -ENOENT; /* discarded or moved meanwhile: its event says */
+			p[i++].err = -ENOENT;
 			continue;
 		}
-		/* A staging slot is empty when claimed: a page there is ours. */
-		if (r == -EEXIST && moved_unreported((uintptr_t)st + i * PAGE_SIZE, p[i].addr, true)) {
-			p[i].staged = true;
-			p[i++].err = 0;
+		if (r == -EEXIST && moved_unreported(dst + i * PAGE_SIZE, p[i].addr, staging)) {
+			p[i].staged = staging;
+			p[i++].err = 0; /* the kernel moved it after all (see above) */
 			continue;
 		}
 		if (r == -EBUSY && unshare) {
 			p[i++].err = -EXDEV;
 			continue;
 		}
-		fallback = true;
-		break;
+		*why = r;
+		return i;
 	}
-	if (!fallback)
+	return k;
+}
+
+/*
+ * p[0..k) (one run of a copy device's block) to the device: take the pages
+ * out of the application's page table into staging at st (a racing CPU
+ * write lands before, and travels, or faults and waits for the page lock);
+ * stage_copy copies them later.  Returns how many pages were dealt with: a
+ * page MOVE refuses goes through the copy fallback, which leaves the gate,
+ * so the pages after it are left to the caller; a mapping MOVE refuses
+ * (EINVAL: protection or mlock unlike the area's) takes the fallback for
+ * the rest of the run, in one copy.
+ */
+static size_t stage_run_to_device(struct uhmm *h, struct mpage *p, size_t k, char *st, bool unshare)
+{
+	int why = 0;
+	size_t i = move_out(h, p, k, (uintptr_t)st, true, unshare, &why);
+	if (i == k)
 		return k;
-	if (r == -EINVAL) {
-		/* The mapping itself is refused (protection or mlock unlike the
-		 * area's): the rest of the run, in one fallback copy. */
+	if (why == -EINVAL) {
 		copy_run_to_device(h, p + i, k - i);
 		return k;
 	}
@@ -687,48 +702,16 @@ static size_t run_to_device(struct uhmm *h, struct mpage *p, size_t k, char *st,
 		copy_run_to_device(h, p, k);
 		return k;
 	}
-	size_t i = 0;
-	while (i < k) {
-		size_t done = 0, len = (k - i) * PAGE_SIZE;
-		int r = uffd_move(h->uffd, (uintptr_t)dpage_host(m, p[i].dp), p[i].addr, len, &done);
-		stat_add(h, ST_MOVE_CALLS, 1);
-		for (size_t j = 0; j < done / PAGE_SIZE; j++)
-			p[i + j].err = 0;
-		i += done / PAGE_SIZE;
-		if (!r)
-			break;
-		/* p[i] failed: ENOENT = discarded or moved by mremap meanwhile
-		 * (skipped: the event that did it updates its state); EBUSY =
-		 * shared with a child after fork: copy it instead. */
-		/* EAGAIN: the mm is changing (gate.c), and the caller retries
-		 * once its event is handled; or the kernel could not take this
-		 * page (a large folio it failed to split): copy it instead.  A
-		 * call that only checks the mm tells which. */
-		if (r == -EAGAIN && (!h->use_wp || uffd_wp(h->uffd, p[i].addr, PAGE_SIZE, false) == -EAGAIN)) {
-			for (; i < k; i++)
-				p[i].err = -EAGAIN;
-			break;
-		}
-		if (r == -ENOENT) {
-			p[i++].err = -ENOENT;
-			continue;
-		}
-		if (r == -EEXIST &&
-		    moved_unreported((uintptr_t)dpage_host(m, p[i].dp), p[i].addr, false)) {
-			p[i++].err = 0; /* the kernel moved it after all (see above) */
-			continue;
-		}
-		if (r == -EBUSY && unshare) {
-			p[i++].err = -EXDEV; /* shared with a fork child: unshare, then again */
-			continue;
-		}
-		/* Out of the gate meanwhile: an munmap may have freed the
-		 * addresses that follow and a new mapping taken them (their
-		 * entries carry the event's marks by now). */
-		copy_run_to_device(h, p + i, 1);
-		return i + 1;
-	}
-	return k;
+	/* Into the pool's slots (consecutive: run_len). */
+	int why = 0;
+	size_t i = move_out(h, p, k, (uintptr_t)dpage_host(m, p[0].dp), false, unshare, &why);
+	if (i == k)
+		return k;
+	/* Out of the gate meanwhile: an munmap may have freed the addresses
+	 * that follow and a new mapping taken them (their entries carry the
+	 * event's marks by now). */
+	copy_run_to_device(h, p + i, 1);
+	return i + 1;
 }
 
 void migrate_to_device(struct uhmm *h, struct mpage *p, size_t n, char *stage, bool unshare)
