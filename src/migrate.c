@@ -867,9 +867,14 @@ static void home_flush(struct home_arg *ha)
 static int home_visit(uintptr_t addr, _Atomic uint64_t *e, void *arg)
 {
 	struct home_arg *ha = arg;
+	/* Lock-free: the block named by the entry is looked at in an EBR
+	 * section (devmem.c, "Lifetimes" (c)). */
+	unsigned tok = ebr_enter();
 	uint64_t v = atomic_load(e);
-	if (pte_state(v) == UHMM_STATE_DEVICE_COHERENT &&
-	    (!ha->only || devmem_of(pte_dpage(v))->dev == ha->only)) {
+	bool coherent_here = pte_state(v) == UHMM_STATE_DEVICE_COHERENT &&
+	                     (!ha->only || devmem_of(pte_dpage(v))->dev == ha->only);
+	ebr_exit(tok);
+	if (coherent_here) {
 		if (ha->n)
 			home_flush(ha);
 		if (coherent_home(ha->h, addr & ~(uintptr_t)(UHMM_COHERENT_GRANULE - 1)))

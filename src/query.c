@@ -16,13 +16,17 @@ UHMM_API int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct 
 		return -ENOENT;
 	for (size_t i = 0; i < npages; i++) {
 		struct range_ent r;
+		/* The entry is read and its device page's block looked at in one
+		 * EBR section: a block is freed only once the readers that could
+		 * have found it through an entry have left (devmem.c,
+		 * "Lifetimes" (c)). */
 		unsigned tok = ebr_enter();
 		bool persist = range_lookup(a + i * PAGE_SIZE, &r) && r.persist;
-		ebr_exit(tok);
 		if (persist) {
 			/* Persistent memory: the CPU uses device memory in place. */
 			out[i].state = UHMM_STATE_DEVICE_COHERENT;
 			out[i].device = r.mem->dev;
+			ebr_exit(tok);
 			continue;
 		}
 		_Atomic uint64_t *e = ptable_entry(&h->pt, a + i * PAGE_SIZE, false);
@@ -38,6 +42,7 @@ UHMM_API int uhmm_query(struct uhmm *h, const void *addr, size_t npages, struct 
 			struct uhmm_devmem *m = devmem_of(pte_dpage(v));
 			out[i].device = m ? m->dev : NULL;
 		}
+		ebr_exit(tok);
 	}
 	return 0;
 }
