@@ -284,6 +284,43 @@ static void copydev_after_fork(void **state)
 	tdev_free(t);
 }
 
+/* The dummy device in copy mode: what it refuses, and that it really is
+ * a copy device (its pages go through staging or the fallback, its reads
+ * see the data). */
+static void copydev_dummy_copy_mode(void **state)
+{
+	struct uhmm *h = t_open(state);
+	struct uhmm_device *d = NULL;
+	struct uhmm_dummy_options o = UHMM_DUMMY_OPTIONS_INIT;
+	o.flags = 1u << 7;
+	assert_int_equal(uhmm_dummy_create(h, &o, &d), -EINVAL);
+	o.flags = UHMM_DUMMY_COPY_DEVICE;
+	o.devmem_flags = UHMM_DEVMEM_DEVICE | UHMM_DEVMEM_ALLOW_MIGRATION; /* coherent */
+	assert_int_equal(uhmm_dummy_create(h, &o, &d), -EINVAL);
+	o.devmem_flags = 0;
+	o.path = "/tmp/uhmm-copydev-none";
+	assert_int_equal(uhmm_dummy_create(h, &o, &d), -EINVAL);
+	o.path = NULL;
+	assert_int_equal(uhmm_dummy_create(h, &o, &d), 0);
+	assert_int_equal(uhmm_dummy_set_fail(d, 1u << 9), -EINVAL);
+
+	void *p = t_alloc(h, N);
+	fill_pages(p, 0, N, 13);
+	struct uhmm_stats s0 = t_stats(h);
+	assert_migrate(h, p, N * PS(), d, N, 0);
+	assert_states(h, p, 0, N, UHMM_STATE_DEVICE, d);
+	struct uhmm_stats s1 = t_stats(h);
+	assert_int_equal((s1.pages_staged - s0.pages_staged) + (s1.fallback_pages - s0.fallback_pages),
+	                 N);
+	void *buf = malloc(N * PS());
+	assert_non_null(buf);
+	assert_int_equal(uhmm_dummy_read(d, p, buf, N, NULL), 0);
+	assert_buf(buf, 0, N, 13);
+	free(buf);
+	assert_pages(p, 0, N, 13);
+	t_close(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -295,6 +332,7 @@ int main(void)
 		TEST_BOTH(copydev_staged),
 		TEST_BOTH(copydev_no_move),
 		TEST_BOTH(copydev_after_fork),
+		TEST_BOTH(copydev_dummy_copy_mode),
 	};
 	return cmocka_run_group_tests_name("copydev", tests, NULL, NULL);
 }
